@@ -1,0 +1,32 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+export type CallCounts = Record<string, number>;
+
+/**
+ * Counts AWS calls by action. Besides the running total, a drain can `measure` its own work: calls
+ * made anywhere below it (even in shared helpers) are attributed to it through async context, so
+ * concurrent drains do not blur each other's counts.
+ */
+export class CallLog {
+  private readonly total: CallCounts = {};
+  private readonly current = new AsyncLocalStorage<CallCounts>();
+
+  record(action: string): void {
+    increment(this.total, action);
+    const scoped = this.current.getStore();
+    if (scoped) increment(scoped, action);
+  }
+
+  /** Runs `work`, collecting into `into` the calls it makes. */
+  measure<T>(into: CallCounts, work: () => Promise<T>): Promise<T> {
+    return this.current.run(into, work);
+  }
+
+  totals(): Readonly<CallCounts> {
+    return { ...this.total };
+  }
+}
+
+function increment(counts: CallCounts, action: string): void {
+  counts[action] = (counts[action] ?? 0) + 1;
+}

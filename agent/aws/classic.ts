@@ -1,0 +1,101 @@
+/**
+ * Classic ELBs. An instance is out when DescribeInstanceHealth says OutOfService, or no longer knows
+ * the instance or the load balancer. While connection draining runs, the instance stays InService
+ * ("Instance deregistration currently in progress"): that is not out, whatever DescribeLoadBalancers
+ * already lists.
+ */
+import {
+  DescribeInstanceHealthCommand,
+  DescribeLoadBalancersCommand,
+  DeregisterInstancesFromLoadBalancerCommand,
+  type ElasticLoadBalancingClient,
+  type LoadBalancerDescription,
+} from '@aws-sdk/client-elastic-load-balancing';
+import type { CallContext, LoadBalancerFamily, Membership, OutCheck, Scope } from '../drain/family.ts';
+import type { Instance } from '../drain/instance.ts';
+import { errorCode } from './errors.ts';
+import { chunks, type InventorySource } from './inventory.ts';
+import { inScope } from './tags.ts';
+
+export interface ClassicMembership extends Membership {
+  readonly name: string;
+  readonly instanceId: string;
+}
+
+/** Both mean the instance cannot be registered there any more. */
+const GONE = new Set(['LoadBalancerNotFound', 'AccessPointNotFoundException', 'InvalidInstance', 'InvalidEndPointException']);
+/** DescribeLoadBalancers takes names in batches; one unknown name fails the whole batch. */
+const NAMES_PER_CALL = 20;
+
+export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
+  readonly name = 'classic';
+
+  constructor(
+    private readonly elb: ElasticLoadBalancingClient,
+    private readonly inventory: InventorySource,
+  ) {}
+
+  async memberships(instance: Instance, scope: Scope, ctx: CallContext): Promise<ClassicMembership[]> {
+    const { classic } = await this.inventory.inventory(ctx.signal);
+    const names = [...classic.values()].filter((lb) => inScope(lb.tags, scope)).map((lb) => nameOf(lb.arn));
+    const described = (await Promise.all(chunks(names, NAMES_PER_CALL).map((batch) => this.describe(batch, ctx)))).flat();
+    return described
+      .filter((lb) => lb.VPCId === instance.vpcId && (lb.Instances ?? []).some((member) => member.InstanceId === instance.id))
+      .map((lb) => membership(lb.LoadBalancerName!, instance.id));
+  }
+
+  async deregister(membership: ClassicMembership, ctx: CallContext): Promise<void> {
+    try {
+      await this.elb.send(
+        new DeregisterInstancesFromLoadBalancerCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
+        { abortSignal: ctx.signal },
+      );
+    } catch (error) {
+      if (!GONE.has(errorCode(error) ?? '')) throw error;
+    }
+  }
+
+  async isOut(membership: ClassicMembership, ctx: CallContext): Promise<OutCheck> {
+    let health;
+    try {
+      const answer = await this.elb.send(
+        new DescribeInstanceHealthCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
+        { abortSignal: ctx.signal },
+      );
+      health = answer.InstanceStates?.find((state) => state.InstanceId === membership.instanceId);
+    } catch (error) {
+      if (GONE.has(errorCode(error) ?? '')) return { out: true };
+      throw error;
+    }
+    if (health === undefined || health.State === 'OutOfService') return { out: true };
+    if (health.State === 'Unknown' && !(await this.stillListed(membership, ctx))) return { out: true };
+    return { out: false, detail: `${health.State}: ${health.Description ?? 'no description'}` };
+  }
+
+  /** "Unknown" health is transient unless the load balancer no longer lists the instance at all. */
+  private async stillListed(membership: ClassicMembership, ctx: CallContext): Promise<boolean> {
+    const [lb] = await this.describe([membership.name], ctx);
+    return (lb?.Instances ?? []).some((member) => member.InstanceId === membership.instanceId);
+  }
+
+  private async describe(names: string[], ctx: CallContext): Promise<LoadBalancerDescription[]> {
+    if (names.length === 0) return [];
+    try {
+      const answer = await this.elb.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: names }), { abortSignal: ctx.signal });
+      return answer.LoadBalancerDescriptions ?? [];
+    } catch (error) {
+      if (!GONE.has(errorCode(error) ?? '')) throw error;
+      // A load balancer deleted since the inventory: ask one by one so the others are still seen.
+      if (names.length === 1) return [];
+      return (await Promise.all(names.map((name) => this.describe([name], ctx)))).flat();
+    }
+  }
+}
+
+function nameOf(arn: string): string {
+  return arn.slice(arn.lastIndexOf('/') + 1);
+}
+
+function membership(name: string, instanceId: string): ClassicMembership {
+  return { id: name, name, instanceId, summary: { name } };
+}

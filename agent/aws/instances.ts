@@ -1,0 +1,90 @@
+/**
+ * Finds an instance of the VPC by id or by any private IPv4 address: primary, secondary, or inside a
+ * delegated prefix (the VPC CNI's prefix mode hands pods such addresses, and ip target groups hold them).
+ */
+import {
+  DescribeInstancesCommand,
+  DescribeNetworkInterfacesCommand,
+  paginateDescribeNetworkInterfaces,
+  type EC2Client,
+  type Instance as Ec2Instance,
+  type NetworkInterface,
+} from '@aws-sdk/client-ec2';
+import { InstanceNotFoundError, type Instance, type InstanceLookup, type InstanceRef } from '../drain/instance.ts';
+import { errorCode } from './errors.ts';
+import { cidrContains } from './ipv4.ts';
+
+export class Ec2InstanceLookup implements InstanceLookup {
+  constructor(
+    private readonly ec2: EC2Client,
+    private readonly vpcId: string,
+  ) {}
+
+  async find(ref: InstanceRef, signal: AbortSignal): Promise<Instance> {
+    const id = 'id' in ref ? ref.id : await this.instanceIdByIp(ref.ip, signal);
+    if (id === undefined) throw new InstanceNotFoundError(ref, this.vpcId);
+    const instance = await this.describe(id, signal);
+    if (instance?.VpcId !== this.vpcId) throw new InstanceNotFoundError(ref, this.vpcId);
+    return toInstance(instance, this.vpcId);
+  }
+
+  private async describe(id: string, signal: AbortSignal): Promise<Ec2Instance | undefined> {
+    try {
+      const answer = await this.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }), { abortSignal: signal });
+      return answer.Reservations?.flatMap((reservation) => reservation.Instances ?? [])[0];
+    } catch (error) {
+      if (errorCode(error) === 'InvalidInstanceID.NotFound') return undefined;
+      throw error;
+    }
+  }
+
+  private async instanceIdByIp(ip: string, signal: AbortSignal): Promise<string | undefined> {
+    // One precise query covers primary and secondary addresses of attached interfaces.
+    const direct = await this.ec2.send(
+      new DescribeNetworkInterfacesCommand({
+        Filters: [
+          { Name: 'vpc-id', Values: [this.vpcId] },
+          { Name: 'addresses.private-ip-address', Values: [ip] },
+        ],
+      }),
+      { abortSignal: signal },
+    );
+    const found = direct.NetworkInterfaces?.find((eni) => eni.Attachment?.InstanceId)?.Attachment?.InstanceId;
+    if (found) return found;
+
+    // No filter matches an address inside a delegated prefix, so look through the VPC's interfaces.
+    const pages = paginateDescribeNetworkInterfaces(
+      { client: this.ec2, pageSize: 1000 },
+      { Filters: [{ Name: 'vpc-id', Values: [this.vpcId] }, { Name: 'attachment.status', Values: ['attached'] }] },
+    );
+    for await (const page of pages) {
+      signal.throwIfAborted();
+      const owner = page.NetworkInterfaces?.find((eni) => interfaceHolds(eni, ip));
+      if (owner?.Attachment?.InstanceId) return owner.Attachment.InstanceId;
+    }
+    return undefined;
+  }
+}
+
+function interfaceHolds(eni: NetworkInterface, ip: string): boolean {
+  return (
+    (eni.PrivateIpAddresses ?? []).some((address) => address.PrivateIpAddress === ip) ||
+    (eni.Ipv4Prefixes ?? []).some((prefix) => prefix.Ipv4Prefix !== undefined && cidrContains(prefix.Ipv4Prefix, ip))
+  );
+}
+
+function toInstance(instance: Ec2Instance, vpcId: string): Instance {
+  const interfaces = instance.NetworkInterfaces ?? [];
+  const privateIps = new Set<string>();
+  if (instance.PrivateIpAddress) privateIps.add(instance.PrivateIpAddress);
+  for (const eni of interfaces) {
+    for (const address of eni.PrivateIpAddresses ?? []) if (address.PrivateIpAddress) privateIps.add(address.PrivateIpAddress);
+  }
+  return {
+    id: instance.InstanceId!,
+    vpcId,
+    privateIps: [...privateIps],
+    ipv4Prefixes: interfaces.flatMap((eni) => (eni.Ipv4Prefixes ?? []).flatMap((prefix) => (prefix.Ipv4Prefix ? [prefix.Ipv4Prefix] : []))),
+    tags: Object.fromEntries((instance.Tags ?? []).flatMap((tag) => (tag.Key ? [[tag.Key, tag.Value ?? '']] : []))),
+  };
+}

@@ -1,0 +1,53 @@
+/**
+ * AWS as the drainer sees it: where this runs (region, VPC, cluster), how to find an instance, and
+ * the load balancer families. Built once at start-up; the only module that knows all of the AWS parts.
+ */
+import { DescribeInstancesCommand } from '@aws-sdk/client-ec2';
+import type { LoadBalancerFamily } from '../drain/family.ts';
+import type { InstanceLookup } from '../drain/instance.ts';
+import type { Logger } from '../log.ts';
+import { ClassicFamily } from './classic.ts';
+import type { AwsClients } from './clients.ts';
+import { Ec2InstanceLookup } from './instances.ts';
+import { TaggedInventory } from './inventory.ts';
+import { clusterNameFromInstanceTags, tagsFromList } from './tags.ts';
+import { TargetGroupFamily } from './target-groups.ts';
+
+export interface Placement {
+  readonly region: string;
+  readonly vpcId: string;
+  readonly clusterName: string;
+}
+
+export interface AwsProvider {
+  readonly lookup: InstanceLookup;
+  readonly families: readonly LoadBalancerFamily[];
+}
+
+export function createAwsProvider(clients: AwsClients, placement: Placement, logger: Logger): AwsProvider {
+  const inventory = new TaggedInventory(clients, placement.clusterName, logger);
+  return {
+    lookup: new Ec2InstanceLookup(clients.ec2, placement.vpcId),
+    families: [new ClassicFamily(clients.elb, inventory), new TargetGroupFamily(clients.elbv2, inventory)],
+  };
+}
+
+export class PlacementError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PlacementError';
+  }
+}
+
+/** The cluster name from the instance's own tags (kubernetes.io/cluster/<name> or eks:cluster-name). */
+export async function clusterNameOfInstance(clients: AwsClients, instanceId: string): Promise<string> {
+  const answer = await clients.ec2.send(new DescribeInstancesCommand({ InstanceIds: [instanceId] }));
+  const instance = answer.Reservations?.flatMap((reservation) => reservation.Instances ?? [])[0];
+  const name = clusterNameFromInstanceTags(tagsFromList(instance?.Tags));
+  if (name === undefined) {
+    throw new PlacementError(
+      `CLUSTERNAME is not set and instance ${instanceId} has no kubernetes.io/cluster/<name> or eks:cluster-name tag: set CLUSTERNAME`,
+    );
+  }
+  return name;
+}

@@ -1,0 +1,171 @@
+/**
+ * The environment, parsed once into a validated, frozen Config.
+ *
+ * Every problem is collected and reported together, so a user fixes their manifest once, not once per
+ * variable. Messages name the variable, the bad value (never the secret's) and what is accepted.
+ */
+import type { LogLevel } from './log.ts';
+
+export type SigtermPolicy = 'auto' | 'always' | 'never';
+
+export interface Config {
+  /** Absent only for the one-shot command, which serves no API. */
+  readonly secret: string | undefined;
+  /** Unset: taken from IMDS at start-up. */
+  readonly region: string | undefined;
+  readonly logLevel: LogLevel;
+  /** Unset: taken from the instance's own cluster tag at start-up. */
+  readonly clusterName: string | undefined;
+  /** Unset: taken from IMDS (the primary interface's VPC) at start-up. */
+  readonly vpcId: string | undefined;
+  readonly cloudProvider: 'aws';
+  readonly port: number;
+  readonly pollIntervalMs: number;
+  readonly drainTimeoutMs: number;
+  readonly dryRun: boolean;
+  readonly sigtermDrain: SigtermPolicy;
+  readonly nodeName: string | undefined;
+  readonly podName: string | undefined;
+  readonly podNamespace: string | undefined;
+  /** Taken off a notice's deadline, so the drain finishes before the instance goes. */
+  readonly deadlineMarginMs: number;
+  /** How long before a scheduled maintenance event's NotBefore the node is drained. */
+  readonly maintenanceLeadMs: number;
+  readonly rebalanceDrain: boolean;
+  /** Label the own Node exclude-from-external-load-balancers on a self-drain. */
+  readonly excludeNode: boolean;
+  /** How often a drained instance is checked for load balancers that took it back. */
+  readonly recheckIntervalMs: number;
+  readonly maxConcurrentDrains: number;
+  /** The pod's terminationGracePeriodSeconds: the bound on a drain started by SIGTERM. */
+  readonly terminationGracePeriodMs: number;
+  /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
+  readonly imdsV1Fallback: boolean;
+}
+
+export type Mode = 'agent' | 'oneshot';
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** Collects problems while each variable is read, so all of them are reported at once. */
+class EnvReader {
+  readonly problems: string[] = [];
+  constructor(private readonly env: Env) {}
+
+  raw(name: string): string | undefined {
+    const value = this.env[name]?.trim();
+    return value === '' ? undefined : value;
+  }
+
+  oneOf<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    const lower = value.toLowerCase() as T;
+    if (allowed.includes(lower)) return lower;
+    this.problems.push(`${name}=${JSON.stringify(value)} is not one of ${allowed.join(', ')}`);
+    return fallback;
+  }
+
+  boolean(name: string, fallback: boolean): boolean {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    const lower = value.toLowerCase();
+    if (['true', '1', 'yes'].includes(lower)) return true;
+    if (['false', '0', 'no'].includes(lower)) return false;
+    this.problems.push(`${name}=${JSON.stringify(value)} is not a boolean: use true or false`);
+    return fallback;
+  }
+
+  /** A whole number in [min, max]; `unit` only words the message. */
+  integer(name: string, fallback: number, min: number, max: number, unit = ''): number {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    const number = Number(value);
+    if (/^\d+$/.test(value) && number >= min && number <= max) return number;
+    const range = `a whole number${unit ? ` of ${unit}` : ''} from ${min} to ${max}`;
+    this.problems.push(`${name}=${JSON.stringify(value)} is not ${range}`);
+    return fallback;
+  }
+
+  seconds(name: string, fallbackSeconds: number, min: number, max: number): number {
+    return this.integer(name, fallbackSeconds, min, max, 'seconds') * 1000;
+  }
+
+  matching(name: string, pattern: RegExp, expected: string): string | undefined {
+    const value = this.raw(name);
+    if (value === undefined || pattern.test(value)) return value;
+    this.problems.push(`${name}=${JSON.stringify(value)} is not ${expected}`);
+    return undefined;
+  }
+}
+
+const REGION = /^[a-z]{2}(-[a-z]+)+-\d+$/;
+const VPC_ID = /^vpc-[0-9a-f]{8,17}$/;
+// Tag values allow more, but a cluster name is a DNS-ish label in every installer we know of.
+const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const MIN_SECRET_LENGTH = 16;
+
+export function loadConfig(env: Env, mode: Mode): Config {
+  const read = new EnvReader(env);
+
+  const secret = read.raw('SECRET');
+  if (mode === 'agent') {
+    if (secret === undefined) {
+      read.problems.push('SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one)');
+    } else if (secret.length < MIN_SECRET_LENGTH) {
+      // The value itself is never echoed, only its length.
+      read.problems.push(`SECRET is ${secret.length} characters long: use at least ${MIN_SECRET_LENGTH} random characters`);
+    }
+  }
+
+  const cloudProvider = read.raw('CLOUDPROVIDER') ?? 'aws';
+  if (cloudProvider.toLowerCase() !== 'aws') {
+    read.problems.push(`CLOUDPROVIDER=${JSON.stringify(cloudProvider)} is not supported: the only provider is aws`);
+  }
+
+  const drainTimeoutMs = read.seconds('DRAIN_TIMEOUT', 120, 1, 3600);
+  const config: Config = {
+    secret,
+    region: read.matching('AWS_REGION', REGION, 'an AWS region name such as us-east-1'),
+    logLevel: read.oneOf('LOGLEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
+    clusterName: read.matching('CLUSTERNAME', CLUSTER_NAME, 'a cluster name (letters, digits, ".", "_", "-"; up to 100)'),
+    vpcId: read.matching('VPCID', VPC_ID, 'a VPC id such as vpc-0123456789abcdef0'),
+    cloudProvider: 'aws',
+    port: read.integer('PORT', 9740, 1, 65535),
+    pollIntervalMs: read.seconds('POLL_INTERVAL', 2, 1, 60),
+    drainTimeoutMs,
+    dryRun: read.boolean('DRY_RUN', false),
+    sigtermDrain: read.oneOf('SIGTERM_DRAIN', ['auto', 'always', 'never'] as const, 'auto'),
+    nodeName: read.raw('NODE_NAME'),
+    podName: read.raw('POD_NAME'),
+    podNamespace: read.raw('POD_NAMESPACE'),
+    deadlineMarginMs: read.seconds('DEADLINE_MARGIN', 15, 0, 600),
+    maintenanceLeadMs: read.seconds('MAINTENANCE_LEAD_TIME', 600, 0, 7 * 24 * 3600),
+    rebalanceDrain: read.boolean('REBALANCE_DRAIN', false),
+    excludeNode: read.boolean('EXCLUDE_NODE', true),
+    recheckIntervalMs: read.seconds('RECHECK_INTERVAL', 30, 5, 3600),
+    maxConcurrentDrains: read.integer('MAX_CONCURRENT_DRAINS', 16, 1, 1000),
+    terminationGracePeriodMs: read.seconds('TERMINATION_GRACE_PERIOD', 30, 1, 24 * 3600),
+    imdsV1Fallback: !read.boolean('AWS_EC2_METADATA_V1_DISABLED', false),
+  };
+
+  if ((config.podName === undefined) !== (config.podNamespace === undefined)) {
+    read.problems.push('POD_NAME and POD_NAMESPACE go together: set both from the downward API, or neither');
+  }
+
+  if (read.problems.length > 0) throw new ConfigError(read.problems);
+  return Object.freeze(config);
+}
+
+/** The configuration for the start-up log line: the secret is never part of it. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  const { secret, ...rest } = config;
+  return { ...rest, secret: secret === undefined ? 'unset' : '[redacted]' };
+}

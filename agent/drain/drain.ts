@@ -1,0 +1,175 @@
+/**
+ * One drain of one instance: find every membership across the families, deregister them all, and
+ * watch until each is out or the deadline passes. A failure on one load balancer never stops the
+ * others; transient errors are retried until the deadline, permanent ones are reported at once.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isPermanent, explain } from '../aws/errors.ts';
+import type { Logger } from '../log.ts';
+import type { CallContext, LoadBalancerFamily, Membership, Scope } from './family.ts';
+import { describeScope } from './family.ts';
+import type { Instance } from './instance.ts';
+import { backoff } from './retry.ts';
+import type { DrainStatus, LoadBalancerStatus, Trigger } from './status.ts';
+
+export interface DrainOptions {
+  readonly trigger: Trigger;
+  readonly scope: Scope;
+  readonly deadline: Date;
+  readonly dryRun: boolean;
+}
+
+export interface DrainObserver {
+  loadBalancerSettled?(family: string, state: LoadBalancerStatus['state']): void;
+  finished?(status: DrainStatus, durationMs: number): void;
+}
+
+/** How often a deregistered membership is asked whether it is out yet: soon at first, then less often. */
+const FIRST_CHECK_MS = 500;
+const MAX_CHECK_MS = 5_000;
+
+export async function runDrain(
+  instance: Instance,
+  options: DrainOptions,
+  families: readonly LoadBalancerFamily[],
+  status: DrainStatus,
+  signal: AbortSignal,
+  logger: Logger,
+  observer: DrainObserver = {},
+): Promise<void> {
+  const started = Date.now();
+  const log = logger.child({ instanceId: instance.id, trigger: options.trigger, scope: describeScope(options.scope) });
+  const ctx: CallContext = { signal };
+  log.info({ deadline: options.deadline.toISOString(), dryRun: options.dryRun }, 'drain started');
+
+  const problems: string[] = [];
+  await Promise.all(
+    families.map(async (family) => {
+      const memberships = await discover(family, instance, options.scope, ctx, problems, log);
+      const tracks = memberships.map((membership) => {
+        const entry: LoadBalancerStatus = { family: family.name, ...membership.summary, state: 'draining' };
+        status.loadBalancers.push(entry);
+        return { membership, entry };
+      });
+      if (options.dryRun) {
+        for (const { entry } of tracks) entry.reason = 'dry run: not deregistered';
+        return;
+      }
+      await Promise.all(
+        tracks.map(async ({ membership, entry }) => {
+          await takeOut(family, membership, entry, ctx, log.child({ family: family.name, loadBalancer: membership.id }));
+          if (entry.state !== 'draining') observer.loadBalancerSettled?.(family.name, entry.state);
+        }),
+      );
+    }),
+  );
+
+  settle(status, problems, options.dryRun);
+  status.finishedAt = new Date().toISOString();
+  const durationMs = Date.now() - started;
+  observer.finished?.(status, durationMs);
+  log[status.state === 'deregistered' || status.state === 'skipped' ? 'info' : 'warn']({ durationMs, status }, `drain ${status.state}`);
+}
+
+/** The memberships of one family, retried until the deadline; a failure is kept in `problems`. */
+async function discover(
+  family: LoadBalancerFamily,
+  instance: Instance,
+  scope: Scope,
+  ctx: CallContext,
+  problems: string[],
+  log: Logger,
+): Promise<Membership[]> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const memberships = await family.memberships(instance, scope, ctx);
+      log.debug({ family: family.name, found: memberships.map((m) => m.id) }, 'memberships found');
+      return memberships;
+    } catch (error) {
+      const problem = `could not list ${family.name} load balancers: ${explain(error, 'the describe actions')}`;
+      if (ctx.signal.aborted || isPermanent(error)) {
+        problems.push(problem);
+        log.error({ family: family.name, err: error }, problem);
+        return [];
+      }
+      log.warn({ family: family.name, attempt, err: error }, `${problem}; retrying`);
+      try {
+        await backoff(attempt, ctx.signal);
+      } catch {
+        problems.push(problem);
+        return [];
+      }
+    }
+  }
+}
+
+/** Deregisters one membership, then waits until it is out. Leaves `entry` as far as it got by the deadline. */
+async function takeOut(family: LoadBalancerFamily, membership: Membership, entry: LoadBalancerStatus, ctx: CallContext, log: Logger): Promise<void> {
+  const started = Date.now();
+  for (let attempt = 0; entry.deregisteredAt === undefined; attempt++) {
+    try {
+      await family.deregister(membership, ctx);
+      entry.deregisteredAt = new Date().toISOString();
+      delete entry.reason;
+      log.info({ ms: Date.now() - started }, 'deregistered');
+    } catch (error) {
+      if (!(await failOrWait(error, attempt, entry, ctx, log, 'deregister'))) return;
+    }
+  }
+  for (let attempt = 0, delay = FIRST_CHECK_MS; ; attempt++) {
+    try {
+      const check = await family.isOut(membership, ctx);
+      if (check.out) {
+        entry.state = 'out';
+        entry.outAt = new Date().toISOString();
+        delete entry.reason;
+        log.info({ ms: Date.now() - started }, 'out');
+        return;
+      }
+      entry.reason = check.detail;
+      await sleep(delay, undefined, { signal: ctx.signal });
+      delay = Math.min(MAX_CHECK_MS, delay * 2);
+    } catch (error) {
+      if (!(await failOrWait(error, attempt, entry, ctx, log, 'check'))) return;
+    }
+  }
+}
+
+/** After an error: false to stop (permanent, or the deadline passed), true once it is time to retry. */
+async function failOrWait(error: unknown, attempt: number, entry: LoadBalancerStatus, ctx: CallContext, log: Logger, step: 'deregister' | 'check'): Promise<boolean> {
+  if (ctx.signal.aborted) return false;
+  const action = step === 'deregister' ? 'the deregister action' : 'the describe health action';
+  if (isPermanent(error)) {
+    entry.state = 'failed';
+    entry.reason = explain(error, action);
+    log.error({ err: error, step }, `${step} failed`);
+    return false;
+  }
+  entry.reason = `retrying after: ${explain(error, action)}`;
+  log.warn({ err: error, step, attempt }, `${step} failed; retrying`);
+  try {
+    await backoff(attempt, ctx.signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The overall state, from what each load balancer reached: success only where every one was seen out. */
+function settle(status: DrainStatus, problems: string[], dryRun: boolean): void {
+  const draining = status.loadBalancers.filter((lb) => lb.state === 'draining').length;
+  const failed = status.loadBalancers.filter((lb) => lb.state === 'failed').length;
+  if (dryRun) {
+    status.state = problems.length > 0 ? 'failed' : 'skipped';
+    status.reason = [`dry run: would deregister from ${status.loadBalancers.length} load balancer(s), changed nothing`, ...problems].join('; ');
+  } else if (draining > 0) {
+    status.state = 'timed_out';
+    status.reason = [`deadline passed with ${draining} load balancer(s) not yet out`, ...problems].join('; ');
+  } else if (failed > 0 || problems.length > 0) {
+    status.state = 'failed';
+    status.reason = [...(failed > 0 ? [`${failed} load balancer(s) failed`] : []), ...problems].join('; ');
+  } else {
+    status.state = 'deregistered';
+    if (status.loadBalancers.length === 0) status.reason = 'not registered with any load balancer in scope';
+  }
+}

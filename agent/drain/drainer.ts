@@ -1,0 +1,118 @@
+/**
+ * The drainer: the one entry point every trigger (IMDS notices, SIGTERM, the HTTP API, the one-shot
+ * command) calls. One drain per instance and scope at a time: asking again while one runs joins it.
+ */
+import type { CallLog } from '../aws/call-log.ts';
+import type { Logger } from '../log.ts';
+import { runDrain, type DrainObserver, type DrainOptions } from './drain.ts';
+import { describeScope, type LoadBalancerFamily } from './family.ts';
+import type { Instance, InstanceLookup, InstanceRef } from './instance.ts';
+import { isFinished, type DrainStatus } from './status.ts';
+
+export interface DrainHandle {
+  /** A snapshot of the drain's status, safe to serialise. */
+  status(): DrainStatus;
+  /** Settles with the final status; never rejects. */
+  readonly done: Promise<DrainStatus>;
+  /** True when this request joined a drain already in flight. */
+  readonly joined: boolean;
+}
+
+export class TooManyDrainsError extends Error {
+  constructor(limit: number) {
+    super(`${limit} drains are already running (MAX_CONCURRENT_DRAINS); try again when one finished`);
+    this.name = 'TooManyDrainsError';
+  }
+}
+
+export interface DrainerOptions {
+  readonly lookup: InstanceLookup;
+  readonly families: readonly LoadBalancerFamily[];
+  readonly calls: CallLog;
+  readonly logger: Logger;
+  readonly maxConcurrent: number;
+  readonly observer?: DrainObserver;
+}
+
+/** Finished statuses kept for GET /drain/<id>; the oldest go first. */
+const HISTORY_LIMIT = 1000;
+
+export class Drainer {
+  private readonly inFlight = new Map<string, DrainHandle>();
+  private readonly latest = new Map<string, DrainHandle>();
+  private readonly stopping = new AbortController();
+
+  constructor(private readonly options: DrainerOptions) {}
+
+  /** Resolves a caller's reference; throws InstanceNotFoundError when the VPC has no such instance. */
+  find(ref: InstanceRef, signal: AbortSignal): Promise<Instance> {
+    return this.options.lookup.find(ref, signal);
+  }
+
+  start(instance: Instance, options: DrainOptions): DrainHandle {
+    const key = `${instance.id} ${describeScope(options.scope)}`;
+    const running = this.inFlight.get(key);
+    if (running) return { ...running, joined: true };
+    if (this.inFlight.size >= this.options.maxConcurrent) throw new TooManyDrainsError(this.options.maxConcurrent);
+
+    const status: DrainStatus = {
+      instanceId: instance.id,
+      trigger: options.trigger,
+      scope: describeScope(options.scope),
+      state: 'draining',
+      dryRun: options.dryRun,
+      startedAt: new Date().toISOString(),
+      deadline: options.deadline.toISOString(),
+      finishedAt: null,
+      awsCalls: {},
+      loadBalancers: [],
+    };
+    const signal = AbortSignal.any([AbortSignal.timeout(Math.max(0, options.deadline.getTime() - Date.now())), this.stopping.signal]);
+    const done = this.options.calls
+      .measure(status.awsCalls, () => runDrain(instance, options, this.options.families, status, signal, this.options.logger, this.options.observer))
+      .catch((error: unknown) => {
+        // runDrain handles every AWS error itself; this is a bug, reported rather than lost.
+        status.state = 'failed';
+        status.reason = `internal error: ${error instanceof Error ? error.message : String(error)}`;
+        status.finishedAt = new Date().toISOString();
+        this.options.logger.error({ err: error, instanceId: instance.id }, 'drain crashed');
+      })
+      .then(() => {
+        this.inFlight.delete(key);
+        return snapshot(status);
+      });
+    const handle: DrainHandle = { status: () => snapshot(status), done, joined: false };
+    this.inFlight.set(key, handle);
+    this.remember(instance.id, handle);
+    return handle;
+  }
+
+  /** The latest drain of an instance, running or finished. */
+  statusOf(instanceId: string): DrainStatus | undefined {
+    return this.latest.get(instanceId)?.status();
+  }
+
+  running(): number {
+    return this.inFlight.size;
+  }
+
+  /** Ends every running drain now (each reports how far it got) and waits for them to settle. */
+  async abortAll(): Promise<void> {
+    this.stopping.abort();
+    await Promise.all([...this.inFlight.values()].map((handle) => handle.done));
+  }
+
+  private remember(instanceId: string, handle: DrainHandle): void {
+    this.latest.delete(instanceId);
+    this.latest.set(instanceId, handle);
+    for (const [oldest, old] of this.latest) {
+      if (this.latest.size <= HISTORY_LIMIT) break;
+      if (isFinished(old.status())) this.latest.delete(oldest);
+      else break;
+    }
+  }
+}
+
+function snapshot(status: DrainStatus): DrainStatus {
+  return structuredClone(status);
+}

@@ -1,0 +1,38 @@
+/**
+ * What the drainer needs of a load balancer family (classic ELBs, ELBv2 target groups, or another
+ * cloud's): find where an instance is registered, take it out, and tell when it is really out.
+ * Adding a family is a new module implementing this, not an edit of the drainer.
+ */
+import type { Instance } from './instance.ts';
+
+/** Which load balancers a drain considers: all of the cluster's, or one Kubernetes Service's. */
+export type Scope = { readonly kind: 'all' } | { readonly kind: 'service'; readonly namespace: string; readonly name: string };
+
+export const ALL: Scope = Object.freeze({ kind: 'all' });
+
+export function describeScope(scope: Scope): string {
+  return scope.kind === 'all' ? 'all' : `service:${scope.namespace}/${scope.name}`;
+}
+
+/** One place an instance is registered: a classic ELB, or a target group with its targets. */
+export interface Membership {
+  /** Unique within its family: a load balancer name or a target group ARN. */
+  readonly id: string;
+  /** What a drain status shows for it, besides family and state: e.g. { name } or { arn, targets }. */
+  readonly summary: Readonly<Record<string, unknown>>;
+}
+
+export type OutCheck = { readonly out: true } | { readonly out: false; readonly detail: string };
+
+export interface CallContext {
+  /** Aborts at the drain's deadline: no call outlives it. */
+  readonly signal: AbortSignal;
+}
+
+export interface LoadBalancerFamily<M extends Membership = Membership> {
+  /** As the drain status names it: "classic", "target-group". */
+  readonly name: string;
+  memberships(instance: Instance, scope: Scope, ctx: CallContext): Promise<M[]>;
+  deregister(membership: M, ctx: CallContext): Promise<void>;
+  isOut(membership: M, ctx: CallContext): Promise<OutCheck>;
+}

@@ -1,0 +1,45 @@
+/** The JSON status of a drain: the body of every /drain answer, the one-shot command's stdout, the final log line. */
+
+export type Trigger =
+  | 'spot-interruption'
+  | 'asg-termination'
+  | 'scheduled-maintenance'
+  | 'rebalance-recommendation'
+  | 'sigterm'
+  | 'api'
+  | 'cli'
+  | 'recheck';
+
+/** `deregistered` is the only success: out of everything in scope, seen, not assumed. */
+export type DrainState = 'draining' | 'deregistered' | 'timed_out' | 'failed' | 'skipped';
+
+export type LoadBalancerState = 'out' | 'draining' | 'failed';
+
+export interface LoadBalancerStatus {
+  readonly family: string;
+  /** The family's own fields: { name } for a classic ELB, { arn, targets } for a target group. */
+  readonly [field: string]: unknown;
+  state: LoadBalancerState;
+  reason?: string;
+  deregisteredAt?: string;
+  outAt?: string;
+}
+
+export interface DrainStatus {
+  readonly instanceId: string;
+  readonly trigger: Trigger;
+  readonly scope: string;
+  state: DrainState;
+  reason?: string;
+  readonly dryRun: boolean;
+  readonly startedAt: string;
+  readonly deadline: string;
+  finishedAt: string | null;
+  /** AWS calls this drain made, by action. */
+  awsCalls: Record<string, number>;
+  loadBalancers: LoadBalancerStatus[];
+}
+
+export function isFinished(status: DrainStatus): boolean {
+  return status.state !== 'draining';
+}

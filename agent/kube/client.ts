@@ -1,0 +1,341 @@
+/**
+ * The few Kubernetes API calls the agent makes (own pod, own node, a node label patch, events),
+ * made directly on undici instead of through @kubernetes/client-node, which is far too heavy for an
+ * agent that runs on every node.
+ *
+ * Calls are short (default 5 s) and never retried here: the agent's Kubernetes work is a side show
+ * to deregistration, and the caller knows whether a failure matters. Every failure is a KubeApiError
+ * that says what was attempted and, where the fix is known (RBAC, credentials), what to do.
+ */
+import { Agent, request } from 'undici';
+import type { Logger } from '../log.ts';
+import type { KubeAccess } from './config.ts';
+
+export interface KubePod {
+  metadata: {
+    name: string;
+    namespace: string;
+    uid: string;
+    deletionTimestamp?: string;
+    annotations?: Record<string, string>;
+  };
+  spec: { terminationGracePeriodSeconds?: number; nodeName?: string };
+}
+
+export interface KubeTaint {
+  key: string;
+  value?: string;
+  effect: string;
+}
+
+export interface KubeNode {
+  metadata: {
+    name: string;
+    uid: string;
+    labels: Record<string, string>;
+    annotations: Record<string, string>;
+    deletionTimestamp?: string;
+  };
+  spec: { taints?: KubeTaint[]; providerID?: string };
+}
+
+/** Merge-patch semantics: a value sets, null removes, an absent key is left alone. */
+export interface NodeMetadataPatch {
+  labels?: Record<string, string | null>;
+  annotations?: Record<string, string | null>;
+}
+
+export interface NodeEvent {
+  node: KubeNode;
+  /** CamelCase, as Kubernetes reasons are, e.g. `DrainStarted`. */
+  reason: string;
+  message: string;
+  type: 'Normal' | 'Warning';
+  /** Who reports, usually the pod's name. */
+  reportingInstance: string;
+}
+
+export interface KubeClient {
+  getPod(namespace: string, name: string): Promise<KubePod>;
+  getNode(name: string): Promise<KubeNode>;
+  patchNode(name: string, patch: NodeMetadataPatch): Promise<void>;
+  createEvent(event: NodeEvent): Promise<void>;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_KUBE_TIMEOUT_MS = 5_000;
+const COMPONENT = 'hasta-la-vista';
+/** Events about cluster-scoped objects such as Nodes live in `default`, as kubelet's do. */
+const EVENT_NAMESPACE = 'default';
+
+export class KubeApiError extends Error {
+  override name = 'KubeApiError';
+  constructor(
+    message: string,
+    /** The HTTP status; undefined when no answer came (timeout, connection refused or reset). */
+    readonly status: number | undefined,
+    /** The Kubernetes Status reason (`NotFound`, `Forbidden`, …), or `Timeout`/`Unreachable` without an answer. */
+    readonly reason: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** What a call does, for error messages and RBAC hints. */
+interface Action {
+  verb: 'get' | 'patch' | 'create';
+  resource: 'pods' | 'nodes' | 'events';
+  /** Set for namespaced resources. */
+  namespace?: string;
+  /** e.g. `node "ip-10-0-0-1"`. */
+  what: string;
+}
+
+interface Call {
+  method: 'GET' | 'PATCH' | 'POST';
+  path: string;
+  body?: unknown;
+  contentType?: string;
+}
+
+export function createKubeClient(access: KubeAccess, opts: { logger: Logger; timeoutMs?: number }): KubeClient {
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_KUBE_TIMEOUT_MS;
+  const logger = opts.logger;
+  // TLS options are ignored by undici for a plain-http server, as tests use.
+  const dispatcher = new Agent({ connect: { ...access.tls } });
+
+  async function call(action: Action, { method, path, body, contentType }: Call): Promise<unknown> {
+    const headers: Record<string, string> = { accept: 'application/json', 'user-agent': COMPONENT };
+    const token = access.token?.();
+    if (token) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers['content-type'] = contentType ?? 'application/json';
+
+    const signal = AbortSignal.timeout(timeoutMs);
+    const started = performance.now();
+    let status: number;
+    let text: string;
+    try {
+      const res = await request(access.server + path, {
+        dispatcher,
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+      });
+      status = res.statusCode;
+      text = await res.body.text();
+    } catch (err) {
+      throw transportError(action, access.server, timeoutMs, signal.aborted, err);
+    }
+    logger.debug({ method, path, status, ms: Math.round(performance.now() - started) }, 'kubernetes api call');
+
+    if (status < 200 || status >= 300) throw statusError(action, access.source, status, text);
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      throw new KubeApiError(`${action.verb} ${action.what}: the API server answered ${status} with a body that is not JSON`, status, 'BadResponse');
+    }
+  }
+
+  return {
+    async getPod(namespace, name) {
+      const raw = await call(
+        { verb: 'get', resource: 'pods', namespace, what: `pod "${namespace}/${name}"` },
+        { method: 'GET', path: `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}` },
+      );
+      return toPod(raw, `pod "${namespace}/${name}"`);
+    },
+
+    async getNode(name) {
+      const raw = await call(
+        { verb: 'get', resource: 'nodes', what: `node "${name}"` },
+        { method: 'GET', path: `/api/v1/nodes/${encodeURIComponent(name)}` },
+      );
+      return toNode(raw, `node "${name}"`);
+    },
+
+    async patchNode(name, patch) {
+      await call(
+        { verb: 'patch', resource: 'nodes', what: `node "${name}"` },
+        {
+          method: 'PATCH',
+          path: `/api/v1/nodes/${encodeURIComponent(name)}`,
+          body: { metadata: { labels: patch.labels, annotations: patch.annotations } },
+          contentType: 'application/merge-patch+json',
+        },
+      );
+    },
+
+    async createEvent(event) {
+      await call(
+        { verb: 'create', resource: 'events', namespace: EVENT_NAMESPACE, what: `event ${event.reason} for node "${event.node.metadata.name}"` },
+        { method: 'POST', path: `/api/v1/namespaces/${EVENT_NAMESPACE}/events`, body: eventBody(event) },
+      );
+    },
+
+    close: () => dispatcher.close(),
+  };
+}
+
+/** A core/v1 Event; core/v1 (unlike events.k8s.io/v1) does not require eventTime or an action. */
+function eventBody({ node, reason, message, type, reportingInstance }: NodeEvent): unknown {
+  // metav1.Time is RFC 3339 to the second.
+  const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  return {
+    apiVersion: 'v1',
+    kind: 'Event',
+    metadata: { generateName: `${node.metadata.name}.`, namespace: EVENT_NAMESPACE },
+    involvedObject: { apiVersion: 'v1', kind: 'Node', name: node.metadata.name, uid: node.metadata.uid },
+    reason,
+    message,
+    type,
+    source: { component: COMPONENT, host: node.metadata.name },
+    reportingComponent: COMPONENT,
+    reportingInstance,
+    firstTimestamp: now,
+    lastTimestamp: now,
+    count: 1,
+  };
+}
+
+// ---- errors ----
+
+function transportError(action: Action, server: string, timeoutMs: number, timedOut: boolean, err: unknown): KubeApiError {
+  const prefix = `${action.verb} ${action.what}`;
+  if (timedOut) {
+    return new KubeApiError(`${prefix}: no answer from the Kubernetes API at ${server} within ${timeoutMs} ms`, undefined, 'Timeout', { cause: err });
+  }
+  const detail = err instanceof Error ? errorDetail(err) : String(err);
+  return new KubeApiError(`${prefix}: cannot reach the Kubernetes API at ${server} (${detail})`, undefined, 'Unreachable', { cause: err });
+}
+
+/** The message, led by the error code (ECONNREFUSED, UND_ERR_SOCKET…) unless it already names it. */
+function errorDetail(err: Error): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
+}
+
+/** Reasons for answers that carry no Status object (a proxy's HTML page, an empty body). */
+const REASON_BY_STATUS: Record<number, string> = {
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'NotFound',
+  409: 'Conflict',
+  422: 'Invalid',
+  429: 'TooManyRequests',
+  500: 'InternalError',
+  503: 'ServiceUnavailable',
+  504: 'Timeout',
+};
+
+function statusError(action: Action, source: string, status: number, text: string): KubeApiError {
+  const parsed = parseStatus(text);
+  const reason = parsed.reason ?? REASON_BY_STATUS[status] ?? 'Unknown';
+  let message = `${action.verb} ${action.what}: ${status} ${reason}`;
+  if (parsed.message) message += `: ${parsed.message}`;
+  const hint = hintFor(action, status, source);
+  if (hint) message += ` (${hint})`;
+  return new KubeApiError(message, status, reason);
+}
+
+function parseStatus(text: string): { reason?: string; message?: string } {
+  try {
+    const body = JSON.parse(text) as unknown;
+    if (typeof body !== 'object' || body === null || (body as { kind?: unknown }).kind !== 'Status') return {};
+    const { reason, message } = body as { reason?: unknown; message?: unknown };
+    return {
+      reason: typeof reason === 'string' && reason ? reason : undefined,
+      message: typeof message === 'string' && message ? message : undefined,
+    };
+  } catch {
+    return {};
+  }
+}
+
+function hintFor(action: Action, status: number, source: string): string | undefined {
+  if (status === 401) return `the API server did not accept the credentials from ${source}: expired, revoked, or for another cluster?`;
+  if (status !== 403) return undefined;
+  const rule = `{apiGroups: [""], resources: ["${action.resource}"], verbs: ["${action.verb}"]}`;
+  return action.namespace === undefined
+    ? `grant ${action.verb} on ${action.resource} to the agent's ServiceAccount: ClusterRole rule ${rule}`
+    : `grant ${action.verb} on ${action.resource} in namespace ${action.namespace} to the agent's ServiceAccount: Role or ClusterRole rule ${rule}`;
+}
+
+// ---- responses to our types ----
+
+type Raw = Record<string, unknown>;
+
+function toPod(raw: unknown, what: string): KubePod {
+  const metadata = object(raw, 'metadata');
+  const spec = object(raw, 'spec');
+  const name = metadata.name;
+  const namespace = metadata.namespace;
+  const uid = metadata.uid;
+  if (typeof name !== 'string' || typeof namespace !== 'string' || typeof uid !== 'string') throw badObject(what);
+  return {
+    metadata: {
+      name,
+      namespace,
+      uid,
+      ...optional('deletionTimestamp', metadata.deletionTimestamp, isString),
+      ...optional('annotations', metadata.annotations, isStringMap),
+    },
+    spec: {
+      ...optional('terminationGracePeriodSeconds', spec.terminationGracePeriodSeconds, isNumber),
+      ...optional('nodeName', spec.nodeName, isString),
+    },
+  };
+}
+
+function toNode(raw: unknown, what: string): KubeNode {
+  const metadata = object(raw, 'metadata');
+  const spec = object(raw, 'spec');
+  const name = metadata.name;
+  const uid = metadata.uid;
+  if (typeof name !== 'string' || typeof uid !== 'string') throw badObject(what);
+  return {
+    metadata: {
+      name,
+      uid,
+      labels: isStringMap(metadata.labels) ? metadata.labels : {},
+      annotations: isStringMap(metadata.annotations) ? metadata.annotations : {},
+      ...optional('deletionTimestamp', metadata.deletionTimestamp, isString),
+    },
+    spec: {
+      ...optional('taints', spec.taints, isTaintList),
+      ...optional('providerID', spec.providerID, isString),
+    },
+  };
+}
+
+function badObject(what: string): KubeApiError {
+  return new KubeApiError(`get ${what}: the API server answered with an object without metadata name or uid`, 200, 'BadResponse');
+}
+
+/** A nested object, or an empty one, so a missing `spec` reads as no fields rather than a crash. */
+function object(raw: unknown, key: string): Raw {
+  const value = typeof raw === 'object' && raw !== null ? (raw as Raw)[key] : undefined;
+  return typeof value === 'object' && value !== null ? (value as Raw) : {};
+}
+
+/** `{key: value}` when value passes the check, `{}` otherwise: keeps absent fields absent. */
+function optional<K extends string, T>(key: K, value: unknown, check: (v: unknown) => v is T): { [P in K]?: T } {
+  return check(value) ? ({ [key]: value } as { [P in K]?: T }) : {};
+}
+
+function isString(v: unknown): v is string {
+  return typeof v === 'string';
+}
+
+function isNumber(v: unknown): v is number {
+  return typeof v === 'number';
+}
+
+function isStringMap(v: unknown): v is Record<string, string> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every(isString);
+}
+
+function isTaintList(v: unknown): v is KubeTaint[] {
+  return Array.isArray(v) && v.every((t) => typeof t === 'object' && t !== null && isString(t.key) && isString(t.effect));
+}

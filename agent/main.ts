@@ -1,0 +1,62 @@
+/**
+ * Entry point: parses the command line, loads the configuration, runs the agent or the one-shot drain,
+ * and turns the outcome into an exit code. Errors a user can cause end here with a message that says
+ * what to fix; anything else is logged, never swallowed.
+ */
+import { helpText, parseCommand, UsageError } from './cli.ts';
+import { ConfigError, loadConfig } from './config.ts';
+import { PlacementError } from './aws/provider.ts';
+import { ExitCode } from './exit-codes.ts';
+import { createLogger, humanReadable } from './log.ts';
+import { runOneShot } from './oneshot.ts';
+import { runAgent } from './agent.ts';
+
+declare const AGENT_VERSION: string | undefined;
+export const VERSION = typeof AGENT_VERSION === 'string' ? AGENT_VERSION : 'dev';
+
+async function main(argv: readonly string[]): Promise<ExitCode> {
+  let command;
+  try {
+    command = parseCommand(argv);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`hasta-la-vista: ${error.message}\nTry hasta-la-vista --help.\n`);
+    return ExitCode.usage;
+  }
+  if (command.kind === 'help') {
+    process.stdout.write(helpText(VERSION));
+    return ExitCode.ok;
+  }
+  if (command.kind === 'version') {
+    process.stdout.write(`${VERSION}\n`);
+    return ExitCode.ok;
+  }
+
+  let config;
+  try {
+    config = loadConfig(process.env, command.kind === 'agent' ? 'agent' : 'oneshot');
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`hasta-la-vista: ${error.message}\n`);
+    return ExitCode.usage;
+  }
+
+  const logger = createLogger(config.logLevel, command.kind === 'drain' ? humanReadable(process.stderr) : process.stderr);
+  process.on('unhandledRejection', (reason) => {
+    // A bug: say so loudly and let the orchestrator restart us rather than run in an unknown state.
+    logger.fatal({ err: reason }, 'unhandled promise rejection');
+    process.exit(ExitCode.internal);
+  });
+  try {
+    return command.kind === 'drain' ? await runOneShot(command, config, logger, process.stdout) : await runAgent(config, logger, VERSION);
+  } catch (error) {
+    if (error instanceof PlacementError) {
+      logger.error(error.message);
+      return ExitCode.usage;
+    }
+    logger.fatal({ err: error }, `unexpected error: ${error instanceof Error ? error.message : String(error)}`);
+    return ExitCode.internal;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,122 @@
+/**
+ * A fault-injecting, call-counting proxy in front of moto. The SDK talks to it through
+ * AWS_ENDPOINT_URL; it forwards every call to moto unless a fault rule answers instead. It records
+ * each call by service and action, so tests can assert what was (and was not) asked of AWS.
+ */
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface AwsCall {
+  readonly service: 'ec2' | 'elb' | 'elbv2' | 'tagging' | 'other';
+  readonly action: string;
+  readonly params: URLSearchParams;
+  readonly body: string;
+}
+
+/** What a fault rule may answer instead of moto. */
+export type Fault =
+  | { readonly kind: 'error'; readonly status: number; readonly code: string; readonly message?: string }
+  | { readonly kind: 'hang' }
+  | { readonly kind: 'delay'; readonly ms: number };
+
+export type FaultRule = (call: AwsCall) => Fault | undefined;
+
+export interface AwsProxy {
+  readonly url: string;
+  readonly calls: AwsCall[];
+  /** Calls of one action (optionally one service), e.g. count('DeregisterTargets'). */
+  count(action: string, service?: AwsCall['service']): number;
+  addFault(rule: FaultRule): void;
+  clearFaults(): void;
+  close(): Promise<void>;
+}
+
+const QUERY_VERSIONS: Record<string, AwsCall['service']> = {
+  '2016-11-15': 'ec2',
+  '2012-06-01': 'elb',
+  '2015-12-01': 'elbv2',
+};
+
+function parseCall(req: IncomingMessage, body: string): AwsCall {
+  const target = req.headers['x-amz-target'];
+  if (typeof target === 'string') {
+    const [prefix = '', action = ''] = target.split('.');
+    return { service: prefix.startsWith('ResourceGroupsTaggingAPI') ? 'tagging' : 'other', action, params: new URLSearchParams(), body };
+  }
+  const params = new URLSearchParams(body);
+  return { service: QUERY_VERSIONS[params.get('Version') ?? ''] ?? 'other', action: params.get('Action') ?? 'Unknown', params, body };
+}
+
+function answerError(res: ServerResponse, call: AwsCall, fault: Extract<Fault, { kind: 'error' }>): void {
+  const message = fault.message ?? `injected ${fault.code}`;
+  if (call.service === 'tagging' || call.service === 'other') {
+    res.writeHead(fault.status, { 'content-type': 'application/x-amz-json-1.1', 'x-amzn-errortype': fault.code });
+    res.end(JSON.stringify({ __type: fault.code, message }));
+    return;
+  }
+  const xml =
+    call.service === 'ec2'
+      ? `<Response><Errors><Error><Code>${fault.code}</Code><Message>${message}</Message></Error></Errors><RequestID>fault</RequestID></Response>`
+      : `<ErrorResponse><Error><Type>${fault.status >= 500 ? 'Receiver' : 'Sender'}</Type><Code>${fault.code}</Code><Message>${message}</Message></Error><RequestId>fault</RequestId></ErrorResponse>`;
+  res.writeHead(fault.status, { 'content-type': 'text/xml' });
+  res.end(xml);
+}
+
+export async function startAwsProxy(upstream: string): Promise<AwsProxy> {
+  const calls: AwsCall[] = [];
+  let rules: FaultRule[] = [];
+  const target = new URL(upstream);
+  const hanging = new Set<ServerResponse>();
+
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', async () => {
+      const body = Buffer.concat(chunks);
+      const call = parseCall(req, body.toString());
+      calls.push(call);
+      for (const rule of rules) {
+        const fault = rule(call);
+        if (fault === undefined) continue;
+        if (fault.kind === 'error') return answerError(res, call, fault);
+        if (fault.kind === 'hang') {
+          hanging.add(res);
+          res.on('close', () => hanging.delete(res));
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, fault.ms));
+      }
+      const forward = httpRequest(
+        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: { ...req.headers, host: target.host } },
+        (upstreamRes) => {
+          res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
+          upstreamRes.pipe(res);
+        },
+      );
+      forward.on('error', () => {
+        res.writeHead(502);
+        res.end();
+      });
+      forward.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    calls,
+    count: (action, service) => calls.filter((call) => call.action === action && (service === undefined || call.service === service)).length,
+    addFault: (rule) => {
+      rules.push(rule);
+    },
+    clearFaults: () => {
+      rules = [];
+    },
+    close: async () => {
+      for (const res of hanging) res.destroy();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

@@ -1,0 +1,339 @@
+/**
+ * A fake Kubernetes API server for the few calls the agent makes, faithful where the agent could
+ * notice: bearer-token authentication (401), authorization (403, switchable per resource and verb),
+ * Status objects shaped as the real API server's, JSON merge patches (RFC 7386) on nodes,
+ * generateName on events, and a `down` switch that resets or hangs connections.
+ *
+ * Checks run in the real server's order: authentication, then authorization, then the object.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { stringify as toYaml } from 'yaml';
+
+/** A Kubernetes object as JSON; loosely typed so tests can build and inspect any field. */
+export type KubeObject = Record<string, any>;
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+}
+
+export interface RecordedPatch {
+  node: string;
+  contentType: string | undefined;
+  body: KubeObject;
+}
+
+type Verb = 'get' | 'patch' | 'create';
+type Resource = 'pods' | 'nodes' | 'events';
+
+/** The identity the fake pretends a request's token belongs to, for 403 messages. */
+const USER = 'system:serviceaccount:kube-system:hasta-la-vista';
+
+export class FakeKube {
+  /** `reset`: every request's connection is reset; `hang`: requests are never answered. */
+  down: false | 'reset' | 'hang' = false;
+  readonly requests: RecordedRequest[] = [];
+  readonly patches: RecordedPatch[] = [];
+  /** Events as stored, after the server named them. */
+  readonly events: KubeObject[] = [];
+
+  private readonly pods = new Map<string, KubeObject>();
+  private readonly nodes = new Map<string, KubeObject>();
+  private readonly forbidden = new Set<string>();
+  private resourceVersion = 1;
+
+  constructor(
+    private readonly server: Server,
+    readonly url: string,
+    readonly token: string,
+    /** The PEM certificate the server presents when it serves https; the kubeconfig trusts it. */
+    private readonly ca: string | undefined,
+  ) {}
+
+  setPod(pod: KubeObject): void {
+    const stored = this.stamp(pod);
+    this.pods.set(`${stored.metadata.namespace}/${stored.metadata.name}`, stored);
+  }
+
+  deletePod(namespace: string, name: string): void {
+    this.pods.delete(`${namespace}/${name}`);
+  }
+
+  setNode(node: KubeObject): void {
+    const stored = this.stamp(node);
+    this.nodes.set(stored.metadata.name, stored);
+  }
+
+  deleteNode(name: string): void {
+    this.nodes.delete(name);
+  }
+
+  /** The node as the server holds it now, e.g. after patches. */
+  node(name: string): KubeObject | undefined {
+    return this.nodes.get(name);
+  }
+
+  /** Answer 403 to `verb` (all verbs when omitted) on `resource`, as missing RBAC would. */
+  forbid(resource: Resource, verb?: Verb): void {
+    this.forbidden.add(verb ? `${verb} ${resource}` : `* ${resource}`);
+  }
+
+  /** Writes a kubeconfig pointing at this server with its token; returns the path. */
+  writeKubeconfig(path: string): string {
+    const config = {
+      apiVersion: 'v1',
+      kind: 'Config',
+      'current-context': 'fake',
+      clusters: [{ name: 'fake', cluster: { server: this.url, ...(this.ca ? { 'certificate-authority-data': Buffer.from(this.ca).toString('base64') } : {}) } }],
+      users: [{ name: 'agent', user: { token: this.token } }],
+      contexts: [{ name: 'fake', context: { cluster: 'fake', user: 'agent' } }],
+    };
+    writeFileSync(path, toYaml(config));
+    return path;
+  }
+
+  async close(): Promise<void> {
+    // Hung requests would otherwise keep close() waiting forever.
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Called for every request by the HTTP server. */
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = req.method ?? 'GET';
+    const path = new URL(req.url ?? '/', this.url).pathname;
+    this.requests.push({ method, path });
+
+    if (this.down === 'reset') {
+      req.socket.resetAndDestroy();
+      return;
+    }
+    if (this.down === 'hang') return;
+
+    if (req.headers.authorization !== `Bearer ${this.token}`) {
+      return send(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
+    }
+    const route = routeOf(method, path);
+    if (!route) return send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
+    if (this.isForbidden(route.verb, route.resource)) return send(res, 403, forbiddenStatus(route));
+
+    const body = method === 'GET' ? undefined : await readJson(req);
+    if (body === null) return send(res, 400, status(400, 'BadRequest', 'the request body is not valid JSON'));
+
+    switch (route.verb) {
+      case 'get':
+        return this.get(res, route);
+      case 'patch':
+        return this.patchNode(res, route.name, req.headers['content-type'], body ?? {});
+      case 'create':
+        return this.createEvent(res, route.namespace, body ?? {});
+    }
+  }
+
+  private get(res: ServerResponse, route: Route): void {
+    const stored = route.resource === 'pods' ? this.pods.get(`${route.namespace}/${route.name}`) : this.nodes.get(route.name);
+    if (!stored) return send(res, 404, notFound(route.resource, route.name));
+    send(res, 200, stored);
+  }
+
+  private patchNode(res: ServerResponse, name: string, contentType: string | undefined, body: KubeObject): void {
+    this.patches.push({ node: name, contentType, body });
+    if (contentType?.split(';')[0]?.trim() !== 'application/merge-patch+json') {
+      return send(
+        res,
+        415,
+        status(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json`),
+      );
+    }
+    const stored = this.nodes.get(name);
+    if (!stored) return send(res, 404, notFound('nodes', name));
+    const patched = mergePatch(stored, body) as KubeObject;
+    patched.metadata.resourceVersion = String(++this.resourceVersion);
+    this.nodes.set(name, patched);
+    send(res, 200, patched);
+  }
+
+  private createEvent(res: ServerResponse, namespace: string, body: KubeObject): void {
+    const metadata: KubeObject = body.metadata ?? {};
+    if (metadata.namespace && metadata.namespace !== namespace) {
+      return send(res, 400, status(400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request'));
+    }
+    if (!metadata.name && !metadata.generateName) {
+      return send(res, 422, status(422, 'Invalid', 'Event "" is invalid: metadata.name: Required value: name or generateName is required'));
+    }
+    const name = metadata.name || `${metadata.generateName}${generatedSuffix()}`;
+    const stored = this.stamp({ ...body, metadata: { ...metadata, name, namespace } });
+    this.events.push(stored);
+    send(res, 201, stored);
+  }
+
+  private isForbidden(verb: Verb, resource: Resource): boolean {
+    return this.forbidden.has(`${verb} ${resource}`) || this.forbidden.has(`* ${resource}`);
+  }
+
+  /** A stored copy with the fields the server assigns. */
+  private stamp(obj: KubeObject): KubeObject {
+    const copy = structuredClone(obj);
+    copy.metadata = {
+      uid: randomUUID(),
+      creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+      ...copy.metadata,
+      resourceVersion: String(++this.resourceVersion),
+    };
+    return copy;
+  }
+}
+
+/** Plain http unless `tls` (a PEM certificate valid for 127.0.0.1, and its key) is given. */
+export async function startFakeKube(opts: { token: string; tls?: { cert: string; key: string } }): Promise<FakeKube> {
+  let fake: FakeKube | undefined;
+  const listener: RequestListener = (req, res) => {
+    fake?.handle(req, res).catch((err: unknown) => send(res, 500, status(500, 'InternalError', String(err))));
+  };
+  const server = opts.tls ? createTlsServer(opts.tls, listener) : createServer(listener);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  fake = new FakeKube(server, `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`, opts.token, opts.tls?.cert);
+  return fake;
+}
+
+// ---- objects as a real EKS cluster would hold them ----
+
+export function makeNode(
+  name: string,
+  fields: { uid?: string; labels?: Record<string, string>; annotations?: Record<string, string>; taints?: KubeObject[]; providerID?: string; deletionTimestamp?: string } = {},
+): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: {
+      name,
+      uid: fields.uid ?? randomUUID(),
+      labels: {
+        'kubernetes.io/hostname': name,
+        'kubernetes.io/os': 'linux',
+        'node.kubernetes.io/instance-type': 'm5.large',
+        'topology.kubernetes.io/zone': 'us-east-1a',
+        ...fields.labels,
+      },
+      annotations: { 'node.alpha.kubernetes.io/ttl': '0', ...fields.annotations },
+      ...(fields.deletionTimestamp ? { deletionTimestamp: fields.deletionTimestamp } : {}),
+    },
+    spec: {
+      providerID: fields.providerID ?? 'aws:///us-east-1a/i-0123456789abcdef0',
+      ...(fields.taints ? { taints: fields.taints } : {}),
+    },
+    status: {
+      conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady' }],
+      addresses: [{ type: 'InternalIP', address: '10.0.1.23' }],
+    },
+  };
+}
+
+export function makePod(
+  namespace: string,
+  name: string,
+  fields: { uid?: string; nodeName?: string; terminationGracePeriodSeconds?: number; annotations?: Record<string, string>; deletionTimestamp?: string } = {},
+): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name,
+      namespace,
+      uid: fields.uid ?? randomUUID(),
+      labels: { 'app.kubernetes.io/name': 'hasta-la-vista' },
+      ...(fields.annotations ? { annotations: fields.annotations } : {}),
+      ...(fields.deletionTimestamp ? { deletionTimestamp: fields.deletionTimestamp } : {}),
+    },
+    spec: {
+      nodeName: fields.nodeName ?? 'ip-10-0-1-23.ec2.internal',
+      terminationGracePeriodSeconds: fields.terminationGracePeriodSeconds ?? 30,
+      serviceAccountName: 'hasta-la-vista',
+      containers: [{ name: 'agent', image: 'hasta-la-vista:test' }],
+    },
+    status: { phase: 'Running' },
+  };
+}
+
+// ---- routing and wire format ----
+
+interface Route {
+  verb: Verb;
+  resource: Resource;
+  namespace: string;
+  name: string;
+}
+
+function routeOf(method: string, path: string): Route | undefined {
+  const segments = path.split('/').slice(1).map(decodeURIComponent);
+  const [api, version, first, second, third, fourth] = segments;
+  if (api !== 'api' || version !== 'v1') return undefined;
+  if (first === 'nodes' && second && segments.length === 4) {
+    if (method === 'GET') return { verb: 'get', resource: 'nodes', namespace: '', name: second };
+    if (method === 'PATCH') return { verb: 'patch', resource: 'nodes', namespace: '', name: second };
+  }
+  if (first === 'namespaces' && second) {
+    if (third === 'pods' && fourth && segments.length === 6 && method === 'GET') return { verb: 'get', resource: 'pods', namespace: second, name: fourth };
+    if (third === 'events' && segments.length === 5 && method === 'POST') return { verb: 'create', resource: 'events', namespace: second, name: '' };
+  }
+  return undefined;
+}
+
+function status(code: number, reason: string, message: string, details?: KubeObject): KubeObject {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, ...(details ? { details } : {}), code };
+}
+
+function notFound(resource: Resource, name: string): KubeObject {
+  return status(404, 'NotFound', `${resource} "${name}" not found`, { name, kind: resource });
+}
+
+function forbiddenStatus({ verb, resource, namespace, name }: Route): KubeObject {
+  const object = name ? `${resource} "${name}"` : resource;
+  const scope = namespace ? `in the namespace "${namespace}"` : 'at the cluster scope';
+  const message = `${object} is forbidden: User "${USER}" cannot ${verb} resource "${resource}" in API group "" ${scope}`;
+  return status(403, 'Forbidden', message, { ...(name ? { name } : {}), kind: resource });
+}
+
+function send(res: ServerResponse, code: number, body: KubeObject): void {
+  res.writeHead(code, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+/** The request body as JSON; null when it is not JSON. */
+async function readJson(req: IncomingMessage): Promise<KubeObject | null | undefined> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text) as KubeObject;
+  } catch {
+    return null;
+  }
+}
+
+/** RFC 7386: objects merge recursively, null removes a key, anything else replaces. */
+function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return patch;
+  const result: KubeObject = isObject(target) ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = mergePatch(result[key], value);
+  }
+  return result;
+}
+
+function isObject(value: unknown): value is KubeObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Five characters from the alphabet the API server uses for generateName (no vowels, no lookalikes). */
+function generatedSuffix(): string {
+  const alphabet = 'bcdfghjklmnpqrstvwxz2456789';
+  return Array.from(randomBytes(5), (b) => alphabet[b % alphabet.length]).join('');
+}
