@@ -55,7 +55,7 @@ export class Ec2InstanceLookup implements InstanceLookup {
     // No filter matches an address inside a delegated prefix, so look through the VPC's interfaces.
     const pages = paginateDescribeNetworkInterfaces(
       { client: this.ec2, pageSize: 1000 },
-      { Filters: [{ Name: 'vpc-id', Values: [this.vpcId] }, { Name: 'attachment.status', Values: ['attached'] }] },
+      { Filters: [{ Name: 'vpc-id', Values: [this.vpcId] }] },
     );
     for await (const page of pages) {
       signal.throwIfAborted();
