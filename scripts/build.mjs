@@ -1,6 +1,6 @@
 // Bundles the agent into one file, dist/main.js: one file to ship in the image, fast to start.
 import { build } from 'esbuild';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 
 const { version } = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
 
@@ -20,3 +20,6 @@ await build({
   },
   logLevel: 'warning',
 });
+
+// The bundle is ESM: saying so beside it lets node load it directly wherever dist/ is copied (the image).
+await writeFile(new URL('../dist/package.json', import.meta.url), '{ "type": "module" }\n');

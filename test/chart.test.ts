@@ -1,0 +1,476 @@
+/**
+ * The Helm chart, rendered by a real helm (3.17, from `bash scripts/fetch-helm.sh`) and checked three ways:
+ * helm's own lint and values schema, Kubernetes' schemas (kubernetes-models), and assertions on the
+ * objects that matter to a node agent that deregisters its own instance.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
+import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
+import { Secret } from 'kubernetes-models/v1/Secret';
+import { Service } from 'kubernetes-models/v1/Service';
+import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import type { IContainer } from 'kubernetes-models/v1/Container';
+import type { IEnvVar } from 'kubernetes-models/v1/EnvVar';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const CHART = join(ROOT, 'chart', 'hasta-la-vista');
+const VALUES_ALL = join(ROOT, 'test', 'fixtures', 'values-all.yaml');
+const HELM = process.env.HELM ?? join(ROOT, '.cache', 'helm', 'helm');
+// Pinned so that rendering does not depend on the helm build's default; the oldest version the chart supports.
+const KUBE_VERSION = '1.25.0';
+const NAMESPACE = 'kube-system';
+const RELEASE = 'hlv';
+
+const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+const chartMeta = parseYaml(readFileSync(join(CHART, 'Chart.yaml'), 'utf8')) as { appVersion: string };
+const fixture = parseYaml(readFileSync(VALUES_ALL, 'utf8')) as { secret: { value: string } };
+
+interface HelmResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function helm(args: string[]): HelmResult {
+  if (!existsSync(HELM)) {
+    throw new Error(`helm not found at ${HELM}: run \`bash scripts/fetch-helm.sh\` first (or set HELM to a helm 3 binary)`);
+  }
+  const result = spawnSync(HELM, args, { encoding: 'utf8', timeout: 60_000 });
+  if (result.error) throw result.error;
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; [k: string]: unknown }; [k: string]: unknown };
+
+/** `helm template` that must fail: returns helm's error output. */
+function renderFails(...args: string[]): string {
+  const result = helm(['template', RELEASE, CHART, '--namespace', NAMESPACE, '--kube-version', KUBE_VERSION, ...args]);
+  assert.notEqual(result.status, 0, `helm template ${args.join(' ')} should have failed, but rendered:\n${result.stdout.slice(0, 500)}`);
+  return result.stderr;
+}
+
+/** `helm template` that must succeed: the rendered objects, parsed. */
+function render(...args: string[]): K8sObject[] {
+  const result = helm(['template', RELEASE, CHART, '--namespace', NAMESPACE, '--kube-version', KUBE_VERSION, ...args]);
+  assert.equal(result.status, 0, `helm template ${args.join(' ')} failed:\n${result.stderr}`);
+  const objects: K8sObject[] = [];
+  for (const doc of parseAllDocuments(result.stdout)) {
+    assert.deepEqual(doc.errors, [], 'helm rendered invalid YAML');
+    const value = doc.toJS() as K8sObject | null;
+    if (value !== null) objects.push(value);
+  }
+  return objects;
+}
+
+const MONITORING = 'monitoring.coreos.com/v1';
+
+/** Every object against its Kubernetes schema; the Prometheus Operator kinds (no schema here) by shape. */
+function validateAll(objects: K8sObject[]): void {
+  const models: Record<string, new (data: never) => { validate(): void }> = {
+    'apps/v1/DaemonSet': DaemonSet,
+    'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole,
+    'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding,
+    'v1/Secret': Secret,
+    'v1/Service': Service,
+    'v1/ServiceAccount': ServiceAccount,
+  };
+  for (const object of objects) {
+    const id = `${object.apiVersion}/${object.kind}`;
+    assert.ok(object.metadata?.name, `${id} has no name`);
+    if (object.apiVersion === MONITORING) {
+      assert.ok(['PodMonitor', 'ServiceMonitor'].includes(object.kind), `unexpected ${id}`);
+      assertMonitorShape(object);
+      continue;
+    }
+    const Model = models[id];
+    assert.ok(Model, `no schema for ${id}: add it to validateAll`);
+    // Throws with the JSON path of the first schema violation.
+    new Model(object as never).validate();
+    if (object.kind !== 'ClusterRole' && object.kind !== 'ClusterRoleBinding') {
+      assert.equal(object.metadata.namespace, NAMESPACE, `${id} ${object.metadata.name} is not in the release namespace`);
+    }
+  }
+}
+
+function assertMonitorShape(monitor: K8sObject): void {
+  const spec = monitor.spec as Record<string, any>;
+  assert.equal(typeof spec.selector?.matchLabels, 'object', `${monitor.kind} needs a label selector`);
+  assert.deepEqual(spec.namespaceSelector, { matchNames: [NAMESPACE] });
+  const endpoints = (monitor.kind === 'PodMonitor' ? spec.podMetricsEndpoints : spec.endpoints) as Record<string, unknown>[];
+  assert.equal(endpoints.length, 1);
+  assert.equal(endpoints[0]?.port, 'http');
+  assert.equal(endpoints[0]?.path, '/metrics');
+  assert.match(String(endpoints[0]?.interval), /^\d+(ms|s|m|h)$/);
+}
+
+function only(objects: K8sObject[], kind: string): any {
+  const found = objects.filter((o) => o.kind === kind);
+  assert.equal(found.length, 1, `expected exactly one ${kind}, found ${found.length}`);
+  return found[0];
+}
+
+function agentContainer(objects: K8sObject[]): IContainer {
+  const containers = only(objects, 'DaemonSet').spec.template.spec.containers as IContainer[];
+  assert.equal(containers.length, 1);
+  return containers[0]!;
+}
+
+function envOf(container: IContainer): Map<string, IEnvVar> {
+  const env = new Map<string, IEnvVar>();
+  for (const variable of container.env ?? []) {
+    assert.ok(!env.has(variable.name), `${variable.name} is set twice`);
+    env.set(variable.name, variable);
+  }
+  return env;
+}
+
+function envValue(env: Map<string, IEnvVar>, name: string): string | undefined {
+  const variable = env.get(name);
+  assert.ok(variable, `${name} is not set`);
+  return variable.value;
+}
+
+describe('chart: helm lint', () => {
+  it('passes --strict with the default values', () => {
+    const result = helm(['lint', '--strict', CHART]);
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+  });
+
+  it('passes --strict with every option on', () => {
+    const result = helm(['lint', '--strict', CHART, '-f', VALUES_ALL]);
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+  });
+});
+
+describe('chart: default values', () => {
+  const objects = render();
+  const daemonSet = only(objects, 'DaemonSet');
+  const pod = daemonSet.spec.template.spec;
+  const container = agentContainer(objects);
+  const env = envOf(container);
+
+  it('renders exactly the expected objects, all valid against Kubernetes schemas', () => {
+    assert.deepEqual(objects.map((o) => o.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Secret', 'ServiceAccount']);
+    validateAll(objects);
+  });
+
+  it('uses the image of the same version as the agent', () => {
+    assert.equal(chartMeta.appVersion, pkg.version, 'Chart.yaml appVersion must equal package.json version');
+    assert.equal(container.image, `ghcr.io/hasta-la-vista/hasta-la-vista:${pkg.version}`);
+  });
+
+  it('runs on the host network with the API on hostPort 9740', () => {
+    assert.equal(pod.hostNetwork, true);
+    assert.deepEqual(container.ports, [{ name: 'http', containerPort: 9740, hostPort: 9740, protocol: 'TCP' }]);
+    assert.equal(envValue(env, 'PORT'), '9740');
+  });
+
+  it('schedules on every Linux node but Fargate, tolerating every taint, at node-critical priority', () => {
+    assert.equal(pod.priorityClassName, 'system-node-critical');
+    assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
+    assert.deepEqual(pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms, [
+      {
+        matchExpressions: [
+          { key: 'kubernetes.io/os', operator: 'In', values: ['linux'] },
+          { key: 'eks.amazonaws.com/compute-type', operator: 'NotIn', values: ['fargate'] },
+        ],
+      },
+    ]);
+    assert.deepEqual(daemonSet.spec.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: '10%' } });
+  });
+
+  it('gives the pod a grace period longer than the drain timeout, and tells the agent', () => {
+    const drainTimeout = Number(envValue(env, 'DRAIN_TIMEOUT'));
+    assert.equal(drainTimeout, 120);
+    assert.equal(pod.terminationGracePeriodSeconds, 150);
+    assert.ok(pod.terminationGracePeriodSeconds > drainTimeout);
+    assert.equal(envValue(env, 'TERMINATION_GRACE_PERIOD'), '150');
+  });
+
+  it('probes /healthz and /readyz on the API port', () => {
+    assert.equal(container.livenessProbe?.httpGet?.path, '/healthz');
+    assert.equal(container.livenessProbe?.httpGet?.port, 'http');
+    assert.equal(container.readinessProbe?.httpGet?.path, '/readyz');
+    assert.equal(container.readinessProbe?.httpGet?.port, 'http');
+  });
+
+  it('runs restricted: non-root 65532, read-only root, no escalation, no capabilities, RuntimeDefault seccomp', () => {
+    assert.equal(pod.securityContext.runAsNonRoot, true);
+    assert.equal(pod.securityContext.runAsUser, 65532);
+    assert.deepEqual(pod.securityContext.seccompProfile, { type: 'RuntimeDefault' });
+    const sc = container.securityContext!;
+    assert.equal(sc.runAsNonRoot, true);
+    assert.equal(sc.runAsUser, 65532);
+    assert.equal(sc.readOnlyRootFilesystem, true);
+    assert.equal(sc.allowPrivilegeEscalation, false);
+    assert.deepEqual(sc.capabilities, { drop: ['ALL'] });
+    assert.deepEqual(sc.seccompProfile, { type: 'RuntimeDefault' });
+    assert.equal(sc.privileged, undefined);
+  });
+
+  it('requests little and limits memory, but not CPU (a drain must not be throttled)', () => {
+    assert.deepEqual(container.resources, { requests: { cpu: '10m', memory: '48Mi' }, limits: { memory: '128Mi' } });
+  });
+
+  it('passes node, pod name and namespace from the downward API', () => {
+    assert.deepEqual(env.get('NODE_NAME')?.valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });
+    assert.deepEqual(env.get('POD_NAME')?.valueFrom, { fieldRef: { fieldPath: 'metadata.name' } });
+    assert.deepEqual(env.get('POD_NAMESPACE')?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } });
+  });
+
+  it('sets the documented defaults and leaves discovered settings unset', () => {
+    const expected: Record<string, string> = {
+      LOGLEVEL: 'info', CLOUDPROVIDER: 'aws', PORT: '9740', POLL_INTERVAL: '2', DRAIN_TIMEOUT: '120', DRY_RUN: 'false',
+      SIGTERM_DRAIN: 'auto', DEADLINE_MARGIN: '15', MAINTENANCE_LEAD_TIME: '600', REBALANCE_DRAIN: 'false',
+      EXCLUDE_NODE: 'true', RECHECK_INTERVAL: '30', MAX_CONCURRENT_DRAINS: '16',
+    };
+    for (const [name, value] of Object.entries(expected)) assert.equal(envValue(env, name), value, name);
+    // Unset means: discovered from IMDS and the instance's tags.
+    for (const name of ['AWS_REGION', 'CLUSTERNAME', 'VPCID']) assert.equal(env.has(name), false, `${name} should be unset`);
+  });
+
+  it('generates a secret, and passes it only by reference', () => {
+    const secret = only(objects, 'Secret');
+    const value = Buffer.from(secret.data.secret, 'base64').toString('utf8');
+    assert.match(value, /^[A-Za-z0-9]{32}$/);
+    assert.deepEqual(env.get('SECRET'), { name: 'SECRET', valueFrom: { secretKeyRef: { name: secret.metadata.name, key: 'secret' } } });
+    assert.ok(!JSON.stringify(daemonSet).includes(value), 'the secret value appears in the DaemonSet');
+  });
+
+  it('grants exactly: get pods; get, patch nodes; create events', () => {
+    const role = only(objects, 'ClusterRole');
+    assert.deepEqual(role.rules, [
+      { apiGroups: [''], resources: ['pods'], verbs: ['get'] },
+      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'patch'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+    ]);
+    const binding = only(objects, 'ClusterRoleBinding');
+    const account = only(objects, 'ServiceAccount');
+    assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata.name });
+    assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: account.metadata.name, namespace: NAMESPACE }]);
+    assert.equal(pod.serviceAccountName, account.metadata.name);
+    assert.equal(account.metadata.annotations, undefined, 'no IRSA annotation unless a role is given');
+  });
+
+  it('sets every variable the agent reads from its environment (agent/config.ts)', () => {
+    const source = readFileSync(join(ROOT, 'agent', 'config.ts'), 'utf8');
+    const read = new Set([...source.matchAll(/\b(?:raw|oneOf|boolean|integer|seconds|matching)\('([A-Z][A-Z0-9_]*)'/g)].map((m) => m[1]!));
+    assert.ok(read.size >= 15, `found only ${read.size} variables in agent/config.ts: has its style changed?`);
+    // The SDK's own switch, left to the user (extraEnv).
+    read.delete('AWS_EC2_METADATA_V1_DISABLED');
+    const all = envOf(agentContainer(render('-f', VALUES_ALL)));
+    const missing = [...read].filter((name) => !all.has(name));
+    assert.deepEqual(missing, [], 'the chart does not set these agent variables');
+  });
+});
+
+describe('chart: every option on (test/fixtures/values-all.yaml)', () => {
+  const objects = render('-f', VALUES_ALL);
+  const daemonSet = only(objects, 'DaemonSet');
+  const pod = daemonSet.spec.template.spec;
+  const container = agentContainer(objects);
+  const env = envOf(container);
+
+  it('renders valid objects, with a headless Service, a PodMonitor and a ServiceMonitor', () => {
+    assert.deepEqual(objects.map((o) => o.kind).sort(), [
+      'ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'PodMonitor', 'Secret', 'Service', 'ServiceAccount', 'ServiceMonitor',
+    ]);
+    validateAll(objects);
+  });
+
+  it('sets each config value as its variable', () => {
+    const expected: Record<string, string> = {
+      AWS_REGION: 'eu-west-1', LOGLEVEL: 'debug', CLUSTERNAME: 'prod-eu-1', VPCID: 'vpc-0123456789abcdef0',
+      CLOUDPROVIDER: 'aws', PORT: '9800', POLL_INTERVAL: '1', DRAIN_TIMEOUT: '300', DRY_RUN: 'true',
+      SIGTERM_DRAIN: 'always', DEADLINE_MARGIN: '20', MAINTENANCE_LEAD_TIME: '1200', REBALANCE_DRAIN: 'true',
+      EXCLUDE_NODE: 'false', RECHECK_INTERVAL: '60', MAX_CONCURRENT_DRAINS: '4', TERMINATION_GRACE_PERIOD: '360',
+      AWS_STS_REGIONAL_ENDPOINTS: 'regional', AWS_ENDPOINT_URL_EC2: 'https://ec2.eu-west-1.amazonaws.com',
+    };
+    for (const [name, value] of Object.entries(expected)) assert.equal(envValue(env, name), value, name);
+    assert.equal(pod.terminationGracePeriodSeconds, 360);
+  });
+
+  it('moves the API port, hostPort with it', () => {
+    assert.deepEqual(container.ports, [{ name: 'http', containerPort: 9800, hostPort: 9800, protocol: 'TCP' }]);
+  });
+
+  it('keeps the given secret in the Secret only', () => {
+    const secret = only(objects, 'Secret');
+    assert.equal(Buffer.from(secret.data.secret, 'base64').toString('utf8'), fixture.secret.value);
+    assert.deepEqual(env.get('SECRET')?.valueFrom, { secretKeyRef: { name: secret.metadata.name, key: 'secret' } });
+    for (const object of objects.filter((o) => o.kind !== 'Secret')) {
+      assert.ok(!JSON.stringify(object).includes(fixture.secret.value), `the secret value appears in ${object.kind}`);
+    }
+  });
+
+  it('pulls by digest, with pull secrets', () => {
+    assert.equal(container.image, 'registry.example.com/mirror/hasta-la-vista@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef');
+    assert.equal(container.imagePullPolicy, 'Always');
+    assert.deepEqual(pod.imagePullSecrets, [{ name: 'regcred' }]);
+  });
+
+  it('annotates the ServiceAccount for IRSA', () => {
+    const account = only(objects, 'ServiceAccount');
+    assert.equal(account.metadata.name, 'hlv-agent-sa');
+    assert.deepEqual(account.metadata.annotations, {
+      'eks.amazonaws.com/role-arn': 'arn:aws:iam::123456789012:role/hasta-la-vista',
+      'example.com/owner': 'platform',
+    });
+  });
+
+  it('adds its Linux and non-Fargate requirements to each of the user\'s node terms', () => {
+    const terms = pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms as { matchExpressions: { key: string }[] }[];
+    assert.equal(terms.length, 2);
+    for (const term of terms) {
+      const keys = term.matchExpressions.map((e) => e.key);
+      assert.deepEqual(keys.slice(0, 2), ['kubernetes.io/os', 'eks.amazonaws.com/compute-type']);
+    }
+    assert.deepEqual(terms.map((t) => t.matchExpressions[2]!.key), ['kubernetes.io/arch', 'karpenter.sh/capacity-type']);
+    assert.ok(pod.affinity.podAntiAffinity, 'the rest of the user\'s affinity is kept');
+    assert.deepEqual(pod.nodeSelector, { 'node.kubernetes.io/lifecycle': 'spot' });
+  });
+
+  it('puts pod labels and annotations on the pods, not in the selector', () => {
+    assert.equal(daemonSet.spec.template.metadata.labels['example.com/tier'], 'node-agent');
+    assert.equal(daemonSet.spec.template.metadata.annotations['example.com/team'], 'platform');
+    assert.equal(daemonSet.spec.selector.matchLabels['example.com/tier'], undefined);
+  });
+
+  it('points the monitors at the agent pods', () => {
+    const podLabels = daemonSet.spec.template.metadata.labels as Record<string, string>;
+    const matches = (selector: Record<string, string>, labels: Record<string, string>) =>
+      Object.entries(selector).every(([k, v]) => labels[k] === v);
+    const podMonitor = only(objects, 'PodMonitor');
+    assert.ok(matches(podMonitor.spec.selector.matchLabels, podLabels), 'PodMonitor does not select the agent pods');
+    assert.equal(podMonitor.metadata.labels.release, 'prometheus');
+    const service = only(objects, 'Service');
+    assert.equal(service.spec.clusterIP, 'None', 'the metrics Service must be headless');
+    assert.ok(matches(service.spec.selector, podLabels), 'the Service does not select the agent pods');
+    assert.deepEqual(service.spec.ports, [{ name: 'http', port: 9800, targetPort: 'http', protocol: 'TCP' }]);
+    const serviceMonitor = only(objects, 'ServiceMonitor');
+    assert.ok(matches(serviceMonitor.spec.selector.matchLabels, service.metadata.labels), 'ServiceMonitor does not select the Service');
+  });
+});
+
+describe('chart: options and their checks', () => {
+  it('drops the hostPort when turned off', () => {
+    const container = agentContainer(render('--set', 'hostPort.enabled=false'));
+    assert.deepEqual(container.ports, [{ name: 'http', containerPort: 9740, protocol: 'TCP' }]);
+  });
+
+  it('allows a different hostPort only off the host network', () => {
+    const container = agentContainer(render('--set', 'hostNetwork=false', '--set', 'hostPort.port=19740'));
+    assert.deepEqual(container.ports, [{ name: 'http', containerPort: 9740, hostPort: 19740, protocol: 'TCP' }]);
+    assert.match(renderFails('--set', 'hostPort.port=19740'), /hostPort\.port \(19740\) must equal config\.port \(9740\)/);
+  });
+
+  it('uses an existing Secret and key, and creates none', () => {
+    const objects = render('--set', 'secret.existingSecret=drain-api', '--set', 'secret.existingSecretKey=token');
+    assert.equal(objects.filter((o) => o.kind === 'Secret').length, 0);
+    const env = envOf(agentContainer(objects));
+    assert.deepEqual(env.get('SECRET'), { name: 'SECRET', valueFrom: { secretKeyRef: { name: 'drain-api', key: 'token' } } });
+  });
+
+  it('derives the grace period from a longer drain timeout', () => {
+    const objects = render('--set', 'config.drainTimeout=600');
+    const daemonSet = only(objects, 'DaemonSet');
+    assert.equal(daemonSet.spec.template.spec.terminationGracePeriodSeconds, 630);
+    assert.equal(envValue(envOf(agentContainer(objects)), 'TERMINATION_GRACE_PERIOD'), '630');
+  });
+
+  it('refuses a grace period that is not longer than the drain timeout', () => {
+    assert.match(renderFails('--set', 'terminationGracePeriodSeconds=120'), /terminationGracePeriodSeconds \(120\) must be longer than config\.drainTimeout \(120\)/);
+    assert.match(renderFails('--set', 'config.drainTimeout=300', '--set', 'terminationGracePeriodSeconds=200'), /must be longer than config\.drainTimeout/);
+  });
+
+  it('refuses extraEnv that repeats a variable the chart sets', () => {
+    assert.match(renderFails('--set', 'extraEnv[0].name=DRAIN_TIMEOUT', '--set', 'extraEnv[0].value=5'), /extraEnv sets DRAIN_TIMEOUT/);
+  });
+
+  it('schema: rejects a wrong type', () => {
+    assert.match(renderFails('--set', 'config.pollInterval=abc'), /config\.pollInterval: Invalid type\. Expected: integer, given: string/);
+    assert.match(renderFails('--set', 'hostNetwork=maybe'), /hostNetwork: Invalid type/);
+    assert.match(renderFails('--set', 'config.logLevel=verbose'), /config\.logLevel/);
+  });
+
+  it('schema: rejects unknown keys at the top level and in config', () => {
+    assert.match(renderFails('--set', 'pollInterval=5'), /Additional property pollInterval is not allowed/);
+    assert.match(renderFails('--set', 'config.pollIntervall=5'), /Additional property pollIntervall is not allowed/);
+  });
+
+  it('schema: rejects a short secret', () => {
+    assert.match(renderFails('--set', 'secret.value=tooshort'), /secret\.value/);
+  });
+
+  it('accepts a parent chart\'s global values (as a dependency)', () => {
+    render('--set', 'global.imageRegistry=example.com');
+  });
+});
+
+describe('chart: NOTES.txt', () => {
+  // helm prints NOTES only on install, which needs a cluster; render them as a template of a scratch copy.
+  const scratch = mkdtempSync(join(tmpdir(), 'hlv-notes-'));
+  after(() => rmSync(scratch, { recursive: true, force: true }));
+  const chart = join(scratch, 'hasta-la-vista');
+  cpSync(CHART, chart, { recursive: true });
+  const notes = readFileSync(join(chart, 'templates', 'NOTES.txt'), 'utf8');
+  rmSync(join(chart, 'templates', 'NOTES.txt'));
+  writeFileSync(join(chart, 'templates', 'notes.yaml'), `notes: |\n${notes.replace(/^/gm, '  ')}\n`);
+  const renderNotes = (...args: string[]): string => {
+    const result = helm(['template', RELEASE, chart, '--namespace', NAMESPACE, '--show-only', 'templates/notes.yaml', ...args]);
+    assert.equal(result.status, 0, result.stderr);
+    return (parseYaml(result.stdout) as { notes: string }).notes;
+  };
+
+  it('tells how to get the secret and call /drain on the node, and where metrics are', () => {
+    const text = renderNotes();
+    assert.ok(text.includes(`kubectl -n ${NAMESPACE} get secret hlv-hasta-la-vista -o jsonpath='{.data.secret}' | base64 -d`), text);
+    assert.ok(text.includes('curl -sS -X POST -H "Authorization: Bearer $SECRET" "http://$NODE_IP:9740/drain?wait=true"'), text);
+    assert.ok(text.includes('curl -sS http://127.0.0.1:9740/metrics'), text);
+  });
+
+  it('follows an existing Secret and a port-forward when the API is on no node port', () => {
+    const text = renderNotes('--set', 'secret.existingSecret=drain-api', '--set', 'secret.existingSecretKey=token',
+      '--set', 'hostNetwork=false', '--set', 'hostPort.enabled=false');
+    assert.ok(text.includes("get secret drain-api -o jsonpath='{.data.token}'"), text);
+    assert.ok(text.includes('curl -sS -X POST -H "Authorization: Bearer $SECRET" "http://127.0.0.1:9740/drain?wait=true"'), text);
+    assert.ok(!text.includes('NODE_IP'), text);
+  });
+});
+
+describe('chart: documentation', () => {
+  type Schema = { properties?: Record<string, Schema>; additionalProperties?: unknown };
+  const schema = JSON.parse(readFileSync(join(CHART, 'values.schema.json'), 'utf8')) as Schema;
+  const defaults = parseYaml(readFileSync(join(CHART, 'values.yaml'), 'utf8')) as Record<string, unknown>;
+
+  /** Dotted paths of the values the schema describes one by one (closed objects are walked into). */
+  function leaves(node: Schema, prefix = ''): string[] {
+    return Object.entries(node.properties ?? {}).flatMap(([key, child]) =>
+      child.properties && child.additionalProperties === false ? leaves(child, `${prefix}${key}.`) : [`${prefix}${key}`],
+    );
+  }
+  const paths = leaves(schema).filter((p) => p !== 'global');
+
+  it('has a default in values.yaml for every value in the schema', () => {
+    const has = (path: string) => {
+      const parts = path.split('.');
+      const key = parts.pop()!;
+      const parent = parts.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], defaults);
+      return typeof parent === 'object' && parent !== null && key in parent;
+    };
+    assert.deepEqual(paths.filter((p) => !has(p)), []);
+  });
+
+  it('lists every value in the chart README', () => {
+    const readme = readFileSync(join(CHART, 'README.md'), 'utf8');
+    assert.deepEqual(paths.filter((p) => !readme.includes(`| \`${p}\` |`)), [], 'values missing from the README values table');
+  });
+});
