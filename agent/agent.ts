@@ -1,8 +1,310 @@
-import type { Config } from './config.ts';
+/**
+ * The long-running agent (a DaemonSet pod): watches IMDS for notices, serves the API, drains its own
+ * instance when the node is going away, keeps the node out, and decides on SIGTERM whether the node
+ * is going away or only the pod is restarting.
+ */
+import type { Server } from 'node:http';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createAwsProvider } from './aws/provider.ts';
+import { describeConfig, type Config } from './config.ts';
+import type { DrainHandle } from './drain/drainer.ts';
+import { Drainer } from './drain/drainer.ts';
+import { ALL, type Scope } from './drain/family.ts';
+import type { Instance } from './drain/instance.ts';
+import { backoff } from './drain/retry.ts';
+import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
+import { createApiServer, NotReadyError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
+import type { ImdsClient, InstanceIdentity } from './imds/client.ts';
+import { NoticesWatcher, type Notice } from './imds/notices.ts';
+import { createKubeClient, type KubeClient } from './kube/client.ts';
+import { loadKubeAccess } from './kube/config.ts';
+import { NodeKeeper } from './kube/keep-out.ts';
 import type { Logger } from './log.ts';
+import { Metrics } from './metrics.ts';
+import { imdsFor, resolvePlacement, type Resolved } from './placement.ts';
+import { classifyShutdown } from './shutdown.ts';
 
-export async function runAgent(_config: Config, logger: Logger, _version: string): Promise<ExitCode> {
-  logger.error('the agent is not built yet');
-  return ExitCode.internal;
+/** Start-up tries IMDS and AWS this many times (about a minute) before giving up with the reason. */
+const START_ATTEMPTS = 12;
+/** Kept back from the pod's grace period, to close the server and exit before SIGKILL. */
+const EXIT_MARGIN_MS = 3_000;
+
+/** What exists once the agent has found out where it runs. */
+interface Running {
+  readonly resolved: Resolved;
+  readonly self: InstanceIdentity;
+  readonly drainer: Drainer;
+  readonly watcher: NoticesWatcher;
+}
+
+export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
+  return new Agent(config, logger, version).run();
+}
+
+class Agent implements AgentApi {
+  private readonly metrics = new Metrics();
+  private readonly imds: ImdsClient;
+  private readonly kube: KubeClient | undefined;
+  private readonly keeper: NodeKeeper | undefined;
+  private running: Running | undefined;
+  private notReadyBecause = 'starting: finding the instance, VPC and cluster';
+  private shuttingDown = false;
+  private recheck: NodeJS.Timeout | undefined;
+  private readonly stop = new AbortController();
+
+  constructor(
+    private readonly config: Config,
+    private readonly logger: Logger,
+    private readonly version: string,
+  ) {
+    this.imds = imdsFor(config, logger);
+    const access = config.nodeName ? loadKubeAccess() : undefined;
+    if (config.nodeName && !access) logger.warn('NODE_NAME is set but no Kubernetes access was found (no service account, no KUBECONFIG): no label, no events');
+    this.kube = access ? createKubeClient(access, { logger: logger.child({ component: 'kube' }) }) : undefined;
+    this.keeper =
+      this.kube && config.nodeName ? new NodeKeeper(this.kube, config.nodeName, config.podName ?? 'hasta-la-vista', logger.child({ component: 'keep-out' })) : undefined;
+  }
+
+  async run(): Promise<ExitCode> {
+    this.logger.info({ version: this.version, config: describeConfig(this.config) }, 'hasta-la-vista starting');
+    const server = createApiServer({ secret: this.config.secret!, agent: this, metrics: this.metrics, logger: this.logger.child({ component: 'api' }) });
+    await listen(server, this.config.port);
+    this.logger.info({ port: this.config.port }, 'API listening');
+
+    const signalled = new Promise<NodeJS.Signals>((resolve) => {
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+      process.once('SIGINT', () => resolve('SIGINT'));
+    });
+    const started = this.start().catch((error: unknown) => error);
+    const first = await Promise.race([signalled, started]);
+    if (first instanceof Error) {
+      this.logger.fatal({ err: first }, `could not start: ${first.message}`);
+      await this.close(server);
+      return ExitCode.usage;
+    }
+    const signal = await signalled;
+    return this.shutdown(signal, server);
+  }
+
+  // ---- start-up
+
+  private async start(): Promise<void> {
+    const resolved = await this.withRetries('resolve placement', () => resolvePlacement(this.config, this.imds, this.logger));
+    const self = resolved.self!;
+    this.metrics.countAwsCalls(resolved.clients.calls);
+    const provider = createAwsProvider(resolved.clients, resolved.placement, this.logger);
+    const drainer = new Drainer({
+      ...provider,
+      calls: resolved.clients.calls,
+      logger: this.logger.child({ component: 'drainer' }),
+      maxConcurrent: this.config.maxConcurrentDrains,
+      observer: this.metrics.drainObserver(),
+    });
+    const watcher = new NoticesWatcher({
+      imds: this.imds,
+      pollIntervalMs: this.config.pollIntervalMs,
+      drainOnRebalance: this.config.rebalanceDrain,
+      maintenanceLeadMs: this.config.maintenanceLeadMs,
+      deadlineMarginMs: this.config.deadlineMarginMs,
+      logger: this.logger.child({ component: 'notices' }),
+      onNotice: (notice) => this.onNotice(notice),
+      onPollError: () => this.metrics.imdsErrors.inc(),
+    });
+    if (this.stop.signal.aborted) return;
+    this.running = { resolved, self, drainer, watcher };
+    this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
+
+    await this.healExclusion(watcher);
+    watcher.start();
+    this.logger.info({ instanceId: self.instanceId }, 'ready: watching IMDS for notices');
+  }
+
+  private async withRetries<T>(what: string, work: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await work();
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        this.notReadyBecause = `${what}: ${message}`;
+        if (attempt + 1 >= START_ATTEMPTS || this.stop.signal.aborted) throw error;
+        this.logger.warn({ attempt, err: error }, `${what} failed; retrying`);
+        await backoff(attempt, this.stop.signal, 1_000, 10_000).catch(() => undefined);
+      }
+    }
+  }
+
+  /** A label this agent set earlier, with no termination in sight now: a false alarm or a finished reboot. */
+  private async healExclusion(watcher: NoticesWatcher): Promise<void> {
+    if (!this.keeper) return;
+    try {
+      const notices = await watcher.check();
+      if (notices.length > 0) {
+        this.logger.info({ notices: notices.map((n) => n.kind) }, 'termination notice present on start: the exclusion stays');
+        return;
+      }
+      await this.keeper.liftOwnExclusion();
+    } catch (error) {
+      this.logger.warn({ err: error }, 'could not check whether to lift an earlier exclusion; leaving the node as it is');
+    }
+  }
+
+  // ---- triggers
+
+  private onNotice(notice: Notice): void {
+    this.metrics.noticesSeen.inc({ kind: notice.kind });
+    this.logger.warn({ notice: notice.kind, deadline: notice.deadline?.toISOString(), detail: notice.detail }, 'termination notice: draining this node');
+    if (this.shuttingDown) return;
+    const deadline = notice.deadline ?? new Date(Date.now() + this.config.drainTimeoutMs);
+    this.drainSelf(notice.kind, deadline, ALL).catch((error: unknown) => this.logger.error({ err: error }, 'could not start the drain of this node'));
+  }
+
+  /** The API's way in. */
+  async drain(request: DrainRequest, signal: AbortSignal): Promise<DrainHandle> {
+    const running = this.running;
+    if (!running || this.shuttingDown) throw new NotReadyError(this.shuttingDown ? 'shutting down' : this.notReadyBecause);
+    const deadline = new Date(Date.now() + (request.timeoutMs ?? this.config.drainTimeoutMs));
+    if (request.target === undefined || ('id' in request.target && request.target.id === running.self.instanceId)) {
+      return this.drainSelf('api', deadline, request.scope);
+    }
+    const instance = await running.drainer.find(request.target, signal);
+    if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope);
+    return running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun });
+  }
+
+  /** Drains this instance; a drain of everything also labels the node and starts the keep-out re-check. */
+  private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope): Promise<DrainHandle> {
+    const { drainer, self } = this.running!;
+    const instance = await this.ownInstance(deadline);
+    const whole = scope.kind === 'all' && !this.config.dryRun;
+    if (whole && this.keeper && this.config.excludeNode) {
+      this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again'));
+    }
+    const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun });
+    if (!handle.joined) {
+      void this.keeper?.event('DrainStarted', `Draining ${self.instanceId} (${trigger}) from its load balancers until ${deadline.toISOString()}`, 'Normal');
+      void handle.done.then((status) => {
+        void this.reportOutcome(status);
+        if (whole) this.startRecheck(instance);
+      });
+    }
+    return handle;
+  }
+
+  /** This instance as AWS knows it now: pods' IPs (ip targets) come and go, so it is looked up per drain. */
+  private async ownInstance(deadline: Date): Promise<Instance> {
+    const { drainer, self, resolved } = this.running!;
+    try {
+      return await drainer.find({ id: self.instanceId }, AbortSignal.timeout(Math.max(1, Math.min(10_000, deadline.getTime() - Date.now()))));
+    } catch (error) {
+      // Without the lookup, the instance id still finds every instance target; ip targets need the addresses.
+      this.logger.error({ err: error }, 'could not look up this instance; draining by id and the IMDS address only');
+      return { id: self.instanceId, vpcId: resolved.placement.vpcId, privateIps: self.privateIp ? [self.privateIp] : [], ipv4Prefixes: [], tags: {} };
+    }
+  }
+
+  private async reportOutcome(status: DrainStatus): Promise<void> {
+    const summary = `${status.state}: ${status.loadBalancers.filter((lb) => lb.state === 'out').length} of ${status.loadBalancers.length} load balancer(s) out${status.reason ? ` (${status.reason})` : ''}`;
+    const kind = status.state === 'timed_out' ? 'DrainTimedOut' : status.state === 'failed' ? 'DrainFailed' : 'DrainFinished';
+    await this.keeper?.event(kind, `Drain of ${status.instanceId} ${summary}`, kind === 'DrainFinished' ? 'Normal' : 'Warning');
+  }
+
+  /** Until the process ends, a drained node is checked now and then for load balancers that took it back. */
+  private startRecheck(instance: Instance): void {
+    if (this.recheck || this.shuttingDown) return;
+    const { drainer } = this.running!;
+    this.recheck = setInterval(() => {
+      void (async () => {
+        try {
+          const found = await drainer.memberships(instance, ALL, AbortSignal.timeout(this.config.recheckIntervalMs));
+          if (found.length === 0 || this.shuttingDown) return;
+          for (const membership of found) this.metrics.reRegistrations.inc({ family: membership.family });
+          this.logger.warn({ instanceId: instance.id, found }, 'drained node was registered again: taking it out again');
+          await this.keeper?.event('ReRegistrationCaught', `Registered again in ${found.map((m) => m.id).join(', ')}: deregistering`, 'Warning');
+          await this.drainSelf('recheck', new Date(Date.now() + this.config.drainTimeoutMs), ALL);
+        } catch (error) {
+          this.logger.warn({ err: error }, 'keep-out re-check failed; trying again at the next interval');
+        }
+      })();
+    }, this.config.recheckIntervalMs);
+  }
+
+  // ---- the API's view
+
+  alive(): boolean {
+    const watcher = this.running?.watcher;
+    const lastTick = watcher?.lastTickAt();
+    if (!watcher || lastTick === undefined || this.shuttingDown) return true;
+    // A poll takes at most a few IMDS timeouts; a watcher silent for much longer has stalled.
+    return Date.now() - lastTick < 3 * this.config.pollIntervalMs + 20_000;
+  }
+
+  readiness(): Readiness {
+    if (this.shuttingDown) return { ready: false, reason: 'shutting down' };
+    if (!this.running) return { ready: false, reason: this.notReadyBecause };
+    if (this.running.watcher.lastTickAt() === undefined) return { ready: false, reason: 'waiting for the first IMDS poll' };
+    return { ready: true };
+  }
+
+  statusOf(instanceId: string): DrainStatus | undefined {
+    return this.running?.drainer.statusOf(instanceId);
+  }
+
+  // ---- shutdown
+
+  private async shutdown(signal: NodeJS.Signals, server: Server): Promise<ExitCode> {
+    const graceEnds = Date.now() + this.config.terminationGracePeriodMs - EXIT_MARGIN_MS;
+    this.shuttingDown = true;
+    this.stop.abort();
+    clearInterval(this.recheck);
+    // A second signal means: stop now.
+    const again = () => {
+      this.logger.warn('second signal: abandoning running drains');
+      void this.running?.drainer.abortAll();
+    };
+    process.once('SIGTERM', again).once('SIGINT', again);
+
+    const running = this.running;
+    if (running) {
+      await running.watcher.stop();
+      const verdict = await classifyShutdown({
+        policy: this.config.sigtermDrain,
+        notices: () => running.watcher.check(),
+        kube: this.kube,
+        nodeName: this.config.nodeName,
+        pod: this.config.podName && this.config.podNamespace ? { namespace: this.config.podNamespace, name: this.config.podName } : undefined,
+      });
+      this.logger.info({ signal, drain: verdict.drain, reason: verdict.reason }, verdict.drain ? `${signal}: the node is going away, draining it` : `${signal}: not draining`);
+      if (verdict.drain) {
+        this.shuttingDown = false; // let drainSelf run; the API is already refusing new work below
+        const handle = await this.drainSelf('sigterm', new Date(graceEnds), ALL).finally(() => (this.shuttingDown = true));
+        clearInterval(this.recheck);
+        const timer = sleep(Math.max(0, graceEnds - Date.now()), undefined, { ref: false }).then(() => running.drainer.abortAll());
+        await Promise.race([handle.done, timer]);
+      }
+      await running.drainer.abortAll();
+    }
+    await this.close(server);
+    this.logger.info({ signal }, 'stopped');
+    return ExitCode.ok;
+  }
+
+  private async close(server: Server): Promise<void> {
+    clearInterval(this.recheck);
+    server.close();
+    server.closeAllConnections();
+    await Promise.allSettled([this.imds.close(), this.kube?.close()]);
+    this.running?.resolved.clients.destroy();
+  }
+}
+
+async function listen(server: Server, port: number): Promise<void> {
+  server.listen(port);
+  try {
+    await once(server, 'listening');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new Error(code === 'EADDRINUSE' ? `PORT ${port} is already in use on this host: set PORT (and the chart's hostPort) to a free port` : String(error));
+  }
 }

@@ -24,7 +24,7 @@ export type Command =
       readonly dryRun: boolean;
     };
 
-export const INSTANCE_ID = /^i-[0-9a-f]{8,17}$/;
+export const INSTANCE_ID = /^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 /** A Service as namespace/name, each a DNS-1123 label. */
 const SERVICE = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$/;
 

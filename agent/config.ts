@@ -79,7 +79,7 @@ class EnvReader {
     const lower = value.toLowerCase();
     if (['true', '1', 'yes'].includes(lower)) return true;
     if (['false', '0', 'no'].includes(lower)) return false;
-    this.problems.push(`${name}=${JSON.stringify(value)} is not a boolean: use true or false`);
+    this.problems.push(`${name}=${JSON.stringify(value)} is not a boolean: use true or false (or 1/0, yes/no)`);
     return fallback;
   }
 
@@ -107,7 +107,7 @@ class EnvReader {
 }
 
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d+$/;
-const VPC_ID = /^vpc-[0-9a-f]{8,17}$/;
+const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 // Tag values allow more, but a cluster name is a DNS-ish label in every installer we know of.
 const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MIN_SECRET_LENGTH = 16;
@@ -153,7 +153,8 @@ export function loadConfig(env: Env, mode: Mode): Config {
     recheckIntervalMs: read.seconds('RECHECK_INTERVAL', 30, 5, 3600),
     maxConcurrentDrains: read.integer('MAX_CONCURRENT_DRAINS', 16, 1, 1000),
     terminationGracePeriodMs: read.seconds('TERMINATION_GRACE_PERIOD', 30, 1, 24 * 3600),
-    imdsV1Fallback: !read.boolean('AWS_EC2_METADATA_V1_DISABLED', false),
+    // As the AWS SDK reads it: any value but "false" disables IMDSv1.
+    imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
   };
 
   if ((config.podName === undefined) !== (config.podNamespace === undefined)) {

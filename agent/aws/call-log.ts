@@ -10,9 +10,16 @@ export type CallCounts = Record<string, number>;
 export class CallLog {
   private readonly total: CallCounts = {};
   private readonly current = new AsyncLocalStorage<CallCounts>();
+  private readonly listeners: ((action: string) => void)[] = [];
+
+  /** Called on every call, e.g. to count it in a metric. */
+  onCall(listener: (action: string) => void): void {
+    this.listeners.push(listener);
+  }
 
   record(action: string): void {
     increment(this.total, action);
+    for (const listener of this.listeners) listener(action);
     const scoped = this.current.getStore();
     if (scoped) increment(scoped, action);
   }

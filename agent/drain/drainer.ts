@@ -5,7 +5,7 @@
 import type { CallLog } from '../aws/call-log.ts';
 import type { Logger } from '../log.ts';
 import { runDrain, type DrainObserver, type DrainOptions } from './drain.ts';
-import { describeScope, type LoadBalancerFamily } from './family.ts';
+import { describeScope, type LoadBalancerFamily, type Scope } from './family.ts';
 import type { Instance, InstanceLookup, InstanceRef } from './instance.ts';
 import { isFinished, type DrainStatus } from './status.ts';
 
@@ -85,6 +85,14 @@ export class Drainer {
     this.inFlight.set(key, handle);
     this.remember(instance.id, handle);
     return handle;
+  }
+
+  /** Where the instance is registered now, without changing anything (the keep-out re-check). */
+  async memberships(instance: Instance, scope: Scope, signal: AbortSignal): Promise<{ family: string; id: string }[]> {
+    const found = await Promise.all(
+      this.options.families.map(async (family) => (await family.memberships(instance, scope, { signal })).map((m) => ({ family: family.name, id: m.id }))),
+    );
+    return found.flat();
   }
 
   /** The latest drain of an instance, running or finished. */

@@ -1,0 +1,239 @@
+/**
+ * The HTTP API of DESIGN.md: POST /drain, GET /drain/<id>, /healthz, /readyz, /metrics, on one port.
+ * It knows nothing of AWS or IMDS: it authenticates, validates, and asks the agent.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { parseInstanceRef, parseScope, INSTANCE_ID, UsageError } from '../cli.ts';
+import type { DrainHandle } from '../drain/drainer.ts';
+import { TooManyDrainsError } from '../drain/drainer.ts';
+import type { Scope } from '../drain/family.ts';
+import { InstanceNotFoundError, type InstanceRef } from '../drain/instance.ts';
+import type { DrainStatus } from '../drain/status.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics.ts';
+import { offeredSecret, secretMatches } from './auth.ts';
+import { GuessLimiter } from './guess-limiter.ts';
+
+export interface DrainRequest {
+  /** Undefined: this node. */
+  readonly target: InstanceRef | undefined;
+  readonly scope: Scope;
+  readonly timeoutMs: number | undefined;
+}
+
+export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
+
+/** What the API asks of the agent. */
+export interface AgentApi {
+  alive(): boolean;
+  readiness(): Readiness;
+  /** Starts (or joins) a drain; throws InstanceNotFoundError, TooManyDrainsError, or NotReadyError. */
+  drain(request: DrainRequest, signal: AbortSignal): Promise<DrainHandle>;
+  statusOf(instanceId: string): DrainStatus | undefined;
+}
+
+export class NotReadyError extends Error {
+  constructor(reason: string) {
+    super(`the agent is not ready yet: ${reason}`);
+    this.name = 'NotReadyError';
+  }
+}
+
+export interface ApiServerOptions {
+  readonly secret: string;
+  readonly agent: AgentApi;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly guessLimiter?: GuessLimiter;
+}
+
+/** Large enough for any legitimate request, which carries everything in its query string. */
+const MAX_BODY_BYTES = 16 * 1024;
+const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout']);
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+export function createApiServer(options: ApiServerOptions): Server {
+  const limiter = options.guessLimiter ?? new GuessLimiter();
+  const server = createServer(
+    {
+      // Slow clients are cut off: headers within 5 s, the whole request within 10 s.
+      headersTimeout: 5_000,
+      requestTimeout: 10_000,
+      keepAliveTimeout: 5_000,
+      maxHeaderSize: 8 * 1024,
+    },
+    (req, res) => {
+      const started = Date.now();
+      let route = 'other';
+      void handle(req, res, options, limiter, (name) => (route = name))
+        .catch((error: unknown) => {
+          const httpError = error instanceof HttpError ? error : undefined;
+          if (!httpError) options.logger.error({ err: error }, 'API request failed unexpectedly');
+          if (!res.headersSent) sendJson(res, httpError?.status ?? 500, { error: httpError?.message ?? 'internal error' }, httpError?.headers);
+        })
+        .finally(() => {
+          options.metrics.apiRequests.inc({ route, code: String(res.statusCode) });
+          // The path only: the query may hold the secret.
+          const path = (req.url ?? '').split('?')[0];
+          options.logger.debug({ method: req.method, path, status: res.statusCode, ms: Date.now() - started, client: req.socket.remoteAddress }, 'api request');
+        });
+    },
+  );
+  server.maxHeadersCount = 64;
+  server.maxRequestsPerSocket = 100;
+  server.on('clientError', (_error, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+  return server;
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse, options: ApiServerOptions, limiter: GuessLimiter, setRoute: (route: string) => void): Promise<void> {
+  let url: URL;
+  try {
+    url = new URL(req.url ?? '/', 'http://agent');
+  } catch {
+    throw new HttpError(400, 'malformed request URL');
+  }
+  const { pathname } = url;
+
+  if (pathname === '/healthz' || pathname === '/readyz' || pathname === '/metrics') {
+    setRoute(pathname.slice(1));
+    allowMethods(req, ['GET', 'HEAD']);
+    await drainBody(req);
+    if (pathname === '/healthz') {
+      const alive = options.agent.alive();
+      return sendJson(res, alive ? 200 : 503, { status: alive ? 'ok' : 'the IMDS watcher has stopped ticking' });
+    }
+    if (pathname === '/readyz') {
+      const readiness = options.agent.readiness();
+      return sendJson(res, readiness.ready ? 200 : 503, readiness.ready ? { status: 'ready' } : { status: 'not ready', reason: readiness.reason });
+    }
+    res.writeHead(200, { 'content-type': options.metrics.registry.contentType });
+    return void res.end(await options.metrics.registry.metrics());
+  }
+
+  if (pathname === '/drain' || pathname.startsWith('/drain/')) {
+    const isStatus = pathname !== '/drain';
+    setRoute(isStatus ? 'drain-status' : 'drain');
+    allowMethods(req, isStatus ? ['GET', 'HEAD'] : ['POST']);
+    authenticate(req, url.searchParams, options.secret, limiter);
+    await drainBody(req);
+    return isStatus ? statusRoute(res, decodeURIComponent(pathname.slice('/drain/'.length)), options.agent) : drainRoute(req, res, url.searchParams, options.agent);
+  }
+  throw new HttpError(404, `no such endpoint ${JSON.stringify(pathname)}: see the README for POST /drain, GET /drain/<instance-id>, /healthz, /readyz, /metrics`);
+}
+
+function allowMethods(req: IncomingMessage, methods: string[]): void {
+  if (!methods.includes(req.method ?? '')) throw new HttpError(405, `method ${req.method} is not allowed here: use ${methods.join(' or ')}`, { allow: methods.join(', ') });
+}
+
+function authenticate(req: IncomingMessage, query: URLSearchParams, secret: string, limiter: GuessLimiter): void {
+  const address = req.socket.remoteAddress ?? 'unknown';
+  if (!limiter.allows(address)) {
+    throw new HttpError(429, 'too many failed attempts from this address: wait and try again', { 'retry-after': String(limiter.retryAfterSeconds(address)) });
+  }
+  if (!secretMatches(offeredSecret(req, query), secret)) {
+    limiter.recordFailure(address);
+    // One answer for a missing and a wrong secret: nothing to learn from the difference.
+    throw new HttpError(401, 'missing or wrong secret: pass ?pw=SECRET or the header "Authorization: Bearer SECRET"', { 'www-authenticate': 'Bearer' });
+  }
+}
+
+/** Reads and discards a body, refusing one that is too large. */
+async function drainBody(req: IncomingMessage): Promise<void> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_BODY_BYTES) throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes): parameters go in the query string`);
+  let received = 0;
+  for await (const chunk of req) {
+    received += (chunk as Buffer).length;
+    if (received > MAX_BODY_BYTES) throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes): parameters go in the query string`);
+  }
+}
+
+function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): void {
+  if (!INSTANCE_ID.test(instanceId)) throw new HttpError(400, `${JSON.stringify(instanceId)} is not an instance id: expected i- and 8 or 17 hex digits`);
+  const status = agent.statusOf(instanceId);
+  if (!status) throw new HttpError(404, `no drain of ${instanceId} is known to this agent`);
+  sendJson(res, 200, status);
+}
+
+async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, agent: AgentApi): Promise<void> {
+  const request = parseDrainRequest(query);
+  const wait = parseBoolean(query, 'wait');
+
+  const aborted = new AbortController();
+  res.on('close', () => aborted.abort());
+  let handle: DrainHandle;
+  try {
+    handle = await agent.drain(request, aborted.signal);
+  } catch (error) {
+    if (error instanceof InstanceNotFoundError) throw new HttpError(404, error.message);
+    if (error instanceof TooManyDrainsError) throw new HttpError(429, error.message, { 'retry-after': '5' });
+    if (error instanceof NotReadyError) throw new HttpError(503, error.message, { 'retry-after': '5' });
+    throw error;
+  }
+  const location = `/drain/${handle.status().instanceId}`;
+  if (!wait) return sendJson(res, 202, handle.status(), { location });
+  // The drain goes on if the client hangs up: it was asked for, and it is idempotent.
+  const status = await handle.done;
+  sendJson(res, httpStatusOf(status), status, { location });
+  void req;
+}
+
+function httpStatusOf(status: DrainStatus): number {
+  switch (status.state) {
+    case 'deregistered':
+    case 'skipped':
+      return 200;
+    case 'timed_out':
+      return 504;
+    case 'failed':
+    case 'draining':
+      return 502;
+  }
+}
+
+function parseDrainRequest(query: URLSearchParams): DrainRequest {
+  const unknown = [...query.keys()].filter((key) => !QUERY_KEYS.has(key));
+  if (unknown.length > 0) throw new HttpError(400, `unknown parameter ${JSON.stringify(unknown[0])}: expected id, ip, service, wait, timeout, pw`);
+  for (const key of ['id', 'ip', 'service', 'wait', 'timeout']) {
+    if (query.getAll(key).length > 1) throw new HttpError(400, `parameter ${key} is given more than once`);
+  }
+  try {
+    const timeout = query.get('timeout');
+    if (timeout !== null && !(/^\d+$/.test(timeout) && Number(timeout) >= 1 && Number(timeout) <= 3600)) {
+      throw new UsageError(`timeout=${JSON.stringify(timeout)} is not a whole number of seconds from 1 to 3600`);
+    }
+    return {
+      target: parseInstanceRef(query.get('id') ?? undefined, query.get('ip') ?? undefined),
+      scope: parseScope(query.get('service') ?? undefined),
+      timeoutMs: timeout === null ? undefined : Number(timeout) * 1000,
+    };
+  } catch (error) {
+    if (error instanceof UsageError) throw new HttpError(400, error.message);
+    throw error;
+  }
+}
+
+function parseBoolean(query: URLSearchParams, key: string): boolean {
+  const value = query.get(key);
+  if (value === null || value === 'false' || value === '0') return false;
+  if (value === '' || value === 'true' || value === '1') return true;
+  throw new HttpError(400, `${key}=${JSON.stringify(value)} is not a boolean: use true or false`);
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers });
+  res.end(text);
+}
