@@ -52,6 +52,8 @@ class Agent implements AgentApi {
   private notReadyBecause = 'starting: finding the instance, VPC and cluster';
   private shuttingDown = false;
   private recheck: NodeJS.Timeout | undefined;
+  /** Events and labels still being written: shutdown lets them finish before closing the clients. */
+  private readonly sideEffects = new Set<Promise<unknown>>();
   private readonly stop = new AbortController();
 
   constructor(
@@ -179,17 +181,25 @@ class Agent implements AgentApi {
     const instance = await this.ownInstance(deadline);
     const whole = scope.kind === 'all' && !this.config.dryRun;
     if (whole && this.keeper && this.config.excludeNode) {
-      this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again'));
+      this.track(this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again')));
     }
     const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun });
     if (!handle.joined) {
-      void this.keeper?.event('DrainStarted', `Draining ${self.instanceId} (${trigger}) from its load balancers until ${deadline.toISOString()}`, 'Normal');
-      void handle.done.then((status) => {
-        void this.reportOutcome(status);
-        if (whole) this.startRecheck(instance);
-      });
+      this.track(this.keeper?.event('DrainStarted', `Draining ${self.instanceId} (${trigger}) from its load balancers until ${deadline.toISOString()}`, 'Normal'));
+      this.track(
+        handle.done.then(async (status) => {
+          if (whole) this.startRecheck(instance);
+          await this.reportOutcome(status);
+        }),
+      );
     }
     return handle;
+  }
+
+  private track(work: Promise<unknown> | undefined): void {
+    if (!work) return;
+    this.sideEffects.add(work);
+    void work.finally(() => this.sideEffects.delete(work));
   }
 
   /** This instance as AWS knows it now: pods' IPs (ip targets) come and go, so it is looked up per drain. */
@@ -292,6 +302,8 @@ class Agent implements AgentApi {
 
   private async close(server: Server): Promise<void> {
     clearInterval(this.recheck);
+    // Each side effect is bounded by the Kubernetes client's own timeout.
+    await Promise.allSettled([...this.sideEffects]);
     server.close();
     server.closeAllConnections();
     await Promise.allSettled([this.imds.close(), this.kube?.close()]);

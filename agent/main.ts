@@ -42,6 +42,9 @@ async function main(argv: readonly string[]): Promise<ExitCode> {
   }
 
   const logger = createLogger(config.logLevel, command.kind === 'drain' ? humanReadable(process.stderr) : process.stderr);
+  // Node's warnings (e.g. the AWS SDK's note about old Node versions) become log events too: one JSON event a line.
+  process.removeAllListeners('warning');
+  process.on('warning', (warning) => logger.warn({ warning: warning.name }, warning.message));
   process.on('unhandledRejection', (reason) => {
     // A bug: say so loudly and let the orchestrator restart us rather than run in an unknown state.
     logger.fatal({ err: reason }, 'unhandled promise rejection');
