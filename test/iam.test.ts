@@ -1,0 +1,90 @@
+/**
+ * The IAM policy of deploy/iam-policy.json (and the README) grants exactly the AWS actions the agent's
+ * code calls: a new call without a grant would fail in production with AccessDenied, a grant without a
+ * call is a permission nobody needs. Calls are read from the code's SDK imports (each Command and
+ * paginator), mapped to IAM actions by client package.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const IAM_PREFIX: Record<string, string> = {
+  '@aws-sdk/client-ec2': 'ec2',
+  '@aws-sdk/client-elastic-load-balancing': 'elasticloadbalancing',
+  '@aws-sdk/client-elastic-load-balancing-v2': 'elasticloadbalancing',
+  '@aws-sdk/client-resource-groups-tagging-api': 'tag',
+};
+
+function sourceFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) =>
+    entry.isDirectory() ? sourceFiles(join(dir, entry.name)) : entry.name.endsWith('.ts') ? [join(dir, entry.name)] : [],
+  );
+}
+
+/** IAM actions behind every Command and paginator the agent imports from an AWS SDK client. */
+export function actionsCalledByCode(): Set<string> {
+  const actions = new Set<string>();
+  const importStatement = /import\s*\{([^}]*)\}\s*from\s*'(@aws-sdk\/client-[a-z0-9-]+)'/g;
+  for (const file of sourceFiles(join(ROOT, 'agent'))) {
+    for (const [, names, module] of readFileSync(file, 'utf8').matchAll(importStatement)) {
+      const prefix = IAM_PREFIX[module!];
+      for (const raw of names!.split(',')) {
+        const name = raw.trim().split(/\s+as\s+/)[0]!.trim();
+        if (name === '' || name.startsWith('type ')) continue;
+        const command = /^(\w+)Command$/.exec(name)?.[1] ?? /^paginate(\w+)$/.exec(name)?.[1];
+        if (command === undefined) continue;
+        assert.ok(prefix, `${file} calls ${name} from ${module}, which this test cannot map to IAM: add it to IAM_PREFIX`);
+        actions.add(`${prefix}:${command}`);
+      }
+    }
+  }
+  return actions;
+}
+
+interface Statement {
+  Sid: string;
+  Effect: string;
+  Action: string[];
+  Resource: string;
+  Condition?: Record<string, Record<string, string>>;
+}
+
+const policyText = readFileSync(join(ROOT, 'deploy/iam-policy.json'), 'utf8');
+const policy = JSON.parse(policyText) as { Statement: Statement[] };
+const granted = new Set(policy.Statement.flatMap((statement) => statement.Action));
+
+describe('the IAM policy', () => {
+  test('grants every AWS action the code calls, and nothing else', () => {
+    const called = actionsCalledByCode();
+    assert.ok(called.size >= 10, `found only ${[...called].join(', ')}: is the import scan still working?`);
+    assert.deepEqual([...called].filter((action) => !granted.has(action)).sort(), [], 'called but not granted');
+    assert.deepEqual([...granted].filter((action) => !called.has(action)).sort(), [], 'granted but never called');
+  });
+
+  test('allows the mutating actions only on load balancers that carry a cluster tag', () => {
+    const mutating = ['elasticloadbalancing:DeregisterInstancesFromLoadBalancer', 'elasticloadbalancing:DeregisterTargets'];
+    const conditions: string[] = [];
+    for (const statement of policy.Statement) {
+      const mutates = statement.Action.some((action) => mutating.includes(action) || !/:(Describe|Get)/.test(action));
+      if (!mutates) continue;
+      assert.ok(statement.Condition, `${statement.Sid} grants ${statement.Action.join(', ')} without a condition`);
+      conditions.push(...Object.values(statement.Condition).flatMap((clause) => Object.keys(clause)));
+    }
+    // the three tag keys of DESIGN.md's scope
+    assert.deepEqual(conditions.sort(), [
+      'aws:ResourceTag/elbv2.k8s.aws/cluster',
+      'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME',
+      'aws:ResourceTag/kubernetes/cluster/CLUSTER_NAME',
+    ]);
+  });
+
+  test('the README gives the same policy', () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const block = /```json\n(\{\n  "Version": "2012-10-17"[\s\S]*?)```/.exec(readme)?.[1];
+    assert.ok(block, 'README.md has no IAM policy block');
+    assert.deepEqual(JSON.parse(block), policy);
+  });
+});
