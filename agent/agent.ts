@@ -96,6 +96,7 @@ class Agent implements AgentApi {
     const resolved = await this.withRetries('resolve placement', () => resolvePlacement(this.config, this.imds, this.logger));
     const self = resolved.self!;
     this.metrics.countAwsCalls(resolved.clients.calls);
+    this.metrics.countDrainsInFlight(() => this.running?.drainer.running() ?? 0);
     const provider = createAwsProvider(resolved.clients, resolved.placement, this.logger);
     const drainer = new Drainer({
       ...provider,

@@ -32,10 +32,12 @@ export class Metrics {
     labelNames: ['family', 'outcome'] as const,
     registers: [this.registry],
   });
+  private countInFlight: () => number = () => 0;
   readonly drainsInFlight = new Gauge({
     name: 'hasta_la_vista_drains_in_flight',
     help: 'Drains running now.',
     registers: [this.registry],
+    collect: () => this.drainsInFlight.set(this.countInFlight()),
   });
   readonly imdsErrors = new Counter({
     name: 'hasta_la_vista_imds_errors_total',
@@ -63,6 +65,11 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'hasta_la_vista_' });
+  }
+
+  /** Where the in-flight gauge reads its value at each scrape. */
+  countDrainsInFlight(count: () => number): void {
+    this.countInFlight = count;
   }
 
   countAwsCalls(calls: CallLog): void {
