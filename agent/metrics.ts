@@ -33,11 +33,11 @@ export class Metrics {
     registers: [this.registry],
   });
   private countInFlight: () => number = () => 0;
-  readonly drainsInFlight = new Gauge({
+  readonly drainsInFlight: Gauge = new Gauge({
     name: 'hasta_la_vista_drains_in_flight',
     help: 'Drains running now.',
     registers: [this.registry],
-    collect: () => this.drainsInFlight.set(this.countInFlight()),
+    collect: (): void => this.drainsInFlight.set(this.countInFlight()),
   });
   readonly imdsErrors = new Counter({
     name: 'hasta_la_vista_imds_errors_total',
