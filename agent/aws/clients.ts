@@ -39,7 +39,8 @@ export function createAwsClients(region: string): AwsClients {
     credentials: fromNodeProviderChain(),
     retryMode: 'adaptive',
     maxAttempts: 3,
-    requestHandler: new NodeHttpHandler({ connectionTimeout: 3_000, requestTimeout: 10_000 }),
+    // throwOnRequestTimeout: without it this handler only warns (on the console) and keeps waiting.
+    requestHandler: new NodeHttpHandler({ connectionTimeout: 3_000, requestTimeout: 10_000, throwOnRequestTimeout: true }),
   } as const;
 
   const clients = {

@@ -67,7 +67,11 @@ export class Drainer {
       awsCalls: {},
       loadBalancers: [],
     };
-    const signal = AbortSignal.any([AbortSignal.timeout(Math.max(0, options.deadline.getTime() - Date.now())), this.stopping.signal]);
+    // A timer of our own, not AbortSignal.timeout(): on Node 20 a garbage collection can lose that
+    // signal inside AbortSignal.any(), and the drain would then never reach its deadline.
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(new DOMException('the drain deadline passed', 'TimeoutError')), Math.max(0, options.deadline.getTime() - Date.now()));
+    const signal = AbortSignal.any([deadline.signal, this.stopping.signal]);
     const done = this.options.calls
       .measure(status.awsCalls, () => runDrain(instance, options, this.options.families, status, signal, this.options.logger, this.options.observer))
       .catch((error: unknown) => {
@@ -78,6 +82,7 @@ export class Drainer {
         this.options.logger.error({ err: error, instanceId: instance.id }, 'drain crashed');
       })
       .then(() => {
+        clearTimeout(timer);
         this.inFlight.delete(key);
         return snapshot(status);
       });
