@@ -6,6 +6,7 @@
 import type { Server } from 'node:http';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { drainHeldByHook, type LifecycleHolder } from './aws/lifecycle.ts';
 import { createAwsProvider } from './aws/provider.ts';
 import { describeConfig, type Config } from './config.ts';
 import type { DrainHandle } from './drain/drainer.ts';
@@ -37,6 +38,7 @@ interface Running {
   readonly self: InstanceIdentity;
   readonly drainer: Drainer;
   readonly watcher: NoticesWatcher;
+  readonly lifecycle: LifecycleHolder;
 }
 
 export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
@@ -54,6 +56,8 @@ class Agent implements AgentApi {
   private recheck: NodeJS.Timeout | undefined;
   /** Events and labels still being written: shutdown lets them finish before closing the clients. */
   private readonly sideEffects = new Set<Promise<unknown>>();
+  /** Drains held by an Auto Scaling lifecycle hook, by instance: one hold per instance, however many ask. */
+  private readonly holds = new Map<string, DrainHandle>();
   private readonly stop = new AbortController();
 
   constructor(
@@ -97,7 +101,7 @@ class Agent implements AgentApi {
     const self = resolved.self!;
     this.metrics.countAwsCalls(resolved.clients.calls);
     this.metrics.countDrainsInFlight(() => this.running?.drainer.running() ?? 0);
-    const provider = createAwsProvider(resolved.clients, resolved.placement, this.logger);
+    const provider = createAwsProvider(resolved.clients, resolved.placement, this.config.lifecycleHook, this.logger);
     const drainer = new Drainer({
       ...provider,
       calls: resolved.clients.calls,
@@ -116,7 +120,7 @@ class Agent implements AgentApi {
       onPollError: () => this.metrics.imdsErrors.inc(),
     });
     if (this.stop.signal.aborted) return;
-    this.running = { resolved, self, drainer, watcher };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
 
     await this.healExclusion(watcher);
@@ -169,15 +173,28 @@ class Agent implements AgentApi {
     if (!running || this.shuttingDown) throw new NotReadyError(this.shuttingDown ? 'shutting down' : this.notReadyBecause);
     const deadline = new Date(Date.now() + (request.timeoutMs ?? this.config.drainTimeoutMs));
     if (request.target === undefined || ('id' in request.target && request.target.id === running.self.instanceId)) {
-      return this.drainSelf('api', deadline, request.scope);
+      return this.drainSelf('api', deadline, request.scope, request.asg);
     }
     const instance = await running.drainer.find(request.target, signal);
-    if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope);
-    return running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun });
+    if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope, request.asg);
+    const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun });
+    return request.asg ? this.heldByHook(instance, handle) : handle;
+  }
+
+  /** The drain, held by the instance's Auto Scaling termination hook: `done` settles once the action is completed. */
+  private heldByHook(instance: Instance, handle: DrainHandle): DrainHandle {
+    if (this.config.dryRun) return handle;
+    const holding = this.holds.get(instance.id);
+    if (holding) return holding;
+    const done = drainHeldByHook(this.running!.lifecycle, instance, handle, this.logger);
+    const held: DrainHandle = { ...handle, done };
+    this.holds.set(instance.id, held);
+    this.track(done.finally(() => this.holds.delete(instance.id)));
+    return held;
   }
 
   /** Drains this instance; a drain of everything also labels the node and starts the keep-out re-check. */
-  private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope): Promise<DrainHandle> {
+  private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, asg = trigger === 'asg-termination'): Promise<DrainHandle> {
     const { drainer, self } = this.running!;
     const instance = await this.ownInstance(deadline);
     const whole = scope.kind === 'all' && !this.config.dryRun;
@@ -194,7 +211,7 @@ class Agent implements AgentApi {
         }),
       );
     }
-    return handle;
+    return asg ? this.heldByHook(instance, handle) : handle;
   }
 
   private track(work: Promise<unknown> | undefined): void {

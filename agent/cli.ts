@@ -22,6 +22,8 @@ export type Command =
       readonly scope: Scope;
       readonly timeoutSeconds: number | undefined;
       readonly dryRun: boolean;
+      /** Hold the instance with its Auto Scaling termination hook while draining, then complete it. */
+      readonly asg: boolean;
     };
 
 export const INSTANCE_ID = /^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
@@ -63,6 +65,7 @@ export function parseCommand(argv: readonly string[]): Command {
         service: { type: 'string' },
         timeout: { type: 'string' },
         'dry-run': { type: 'boolean' },
+        asg: { type: 'boolean' },
       },
     });
   } catch (error) {
@@ -74,7 +77,7 @@ export function parseCommand(argv: readonly string[]): Command {
   const [name = 'agent', ...extra] = positionals;
   if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
   if (name === 'agent') {
-    const stray = ['id', 'ip', 'service', 'timeout', 'dry-run'].filter((option) => option in values);
+    const stray = ['id', 'ip', 'service', 'timeout', 'dry-run', 'asg'].filter((option) => option in values);
     if (stray.length > 0) throw new UsageError(`--${stray[0]} belongs to the drain command, not the agent`);
     return { kind: 'agent' };
   }
@@ -93,6 +96,7 @@ export function parseCommand(argv: readonly string[]): Command {
     scope: parseScope(values.service),
     timeoutSeconds,
     dryRun: values['dry-run'] ?? false,
+    asg: values.asg ?? false,
   };
 }
 
@@ -101,7 +105,7 @@ export function helpText(version: string): string {
 
 Usage:
   hasta-la-vista [agent]            run the agent (a DaemonSet pod) until SIGTERM
-  hasta-la-vista drain [--id i-… | --ip 10.…] [--service NS/NAME] [--timeout S] [--dry-run]
+  hasta-la-vista drain [--id i-… | --ip 10.…] [--service NS/NAME] [--timeout S] [--dry-run] [--asg]
                                     drain one instance once; JSON status on stdout, log on stderr
   hasta-la-vista --help | --version
 
@@ -112,6 +116,8 @@ drain options:
   --service NS/NAME   only the load balancers of this Kubernetes Service
   --timeout S         seconds to wait until out (default DRAIN_TIMEOUT)
   --dry-run           find and report, change nothing
+  --asg               the instance's Auto Scaling group is terminating it: hold it with the group's
+                      termination lifecycle hook while draining, then complete the action (CONTINUE)
 
 drain exit codes: 0 out of every load balancer in scope (or a dry run reported), 2 bad usage or
 configuration, 3 timed out, 4 instance not found in the VPC, 5 AWS refused or failed, 1 internal error.
@@ -140,6 +146,8 @@ Environment:
   MAX_CONCURRENT_DRAINS  drains that may run at once (default 16)
   TERMINATION_GRACE_PERIOD
                          the pod's grace period in seconds: bounds a drain started by SIGTERM (default 30)
+  ASG_LIFECYCLE_HOOK     on an Auto Scaling termination, hold the instance with the group's termination
+                         lifecycle hook while draining: auto (find it), off, or the hook's name (default auto)
   The AWS SDK's own variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, the credential chain,
   AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_EC2_METADATA_V1_DISABLED) and KUBECONFIG work as usual.
 `;

@@ -4,6 +4,7 @@
  * Every problem is collected and reported together, so a user fixes their manifest once, not once per
  * variable. Messages name the variable, the bad value (never the secret's) and what is accepted.
  */
+import type { HookSetting } from './aws/lifecycle.ts';
 import type { LogLevel } from './log.ts';
 
 export type SigtermPolicy = 'auto' | 'always' | 'never';
@@ -39,6 +40,8 @@ export interface Config {
   readonly maxConcurrentDrains: number;
   /** The pod's terminationGracePeriodSeconds: the bound on a drain started by SIGTERM. */
   readonly terminationGracePeriodMs: number;
+  /** ASG_LIFECYCLE_HOOK: how an Auto Scaling termination is held while the drain runs. */
+  readonly lifecycleHook: HookSetting;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
   readonly imdsV1Fallback: boolean;
 }
@@ -111,6 +114,13 @@ const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 // Tag values allow more, but a cluster name is a DNS-ish label in every installer we know of.
 const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MIN_SECRET_LENGTH = 16;
+const HOOK = /^[A-Za-z0-9_/-]{1,255}$/;
+
+function hookSetting(value: string | undefined): HookSetting {
+  if (value === undefined || value.toLowerCase() === 'auto') return { kind: 'auto' };
+  if (value.toLowerCase() === 'off') return { kind: 'off' };
+  return { kind: 'named', name: value };
+}
 
 export function loadConfig(env: Env, mode: Mode): Config {
   const read = new EnvReader(env);
@@ -153,6 +163,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     recheckIntervalMs: read.seconds('RECHECK_INTERVAL', 30, 5, 3600),
     maxConcurrentDrains: read.integer('MAX_CONCURRENT_DRAINS', 16, 1, 1000),
     terminationGracePeriodMs: read.seconds('TERMINATION_GRACE_PERIOD', 30, 1, 24 * 3600),
+    lifecycleHook: hookSetting(read.matching('ASG_LIFECYCLE_HOOK', HOOK, 'auto, off, or a lifecycle hook name (letters, digits, "-", "_", "/"; up to 255)')),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
   };

@@ -1,5 +1,6 @@
 /** `hasta-la-vista drain`: drain one instance once, print its JSON status, exit by outcome. */
 import { errorMessage, isPermissionError } from './aws/errors.ts';
+import { drainHeldByHook } from './aws/lifecycle.ts';
 import { createAwsProvider } from './aws/provider.ts';
 import type { Command } from './cli.ts';
 import type { Config } from './config.ts';
@@ -17,7 +18,7 @@ export async function runOneShot(command: DrainCommand, config: Config, logger: 
   const imds = needsImds ? imdsFor(config, logger) : undefined;
   const { placement, clients, self } = await resolvePlacement(config, imds, logger).finally(() => imds?.close());
   const target = command.target ?? { id: self!.instanceId };
-  const provider = createAwsProvider(clients, placement, logger);
+  const provider = createAwsProvider(clients, placement, config.lifecycleHook, logger);
   const drainer = new Drainer({ ...provider, calls: clients.calls, logger, maxConcurrent: 1 });
 
   const timeoutMs = (command.timeoutSeconds ?? config.drainTimeoutMs / 1000) * 1000;
@@ -27,7 +28,9 @@ export async function runOneShot(command: DrainCommand, config: Config, logger: 
   process.once('SIGINT', interrupt).once('SIGTERM', interrupt);
   try {
     const instance = await drainer.find(target, AbortSignal.timeout(timeoutMs));
-    const status = await drainer.start(instance, { trigger: 'cli', scope: command.scope, deadline, dryRun: command.dryRun || config.dryRun }).done;
+    const dryRun = command.dryRun || config.dryRun;
+    const handle = drainer.start(instance, { trigger: 'cli', scope: command.scope, deadline, dryRun });
+    const status = command.asg && !dryRun ? await drainHeldByHook(provider.lifecycle, instance, handle, logger) : await handle.done;
     stdout.write(JSON.stringify(status, null, 2) + '\n');
     return exitCodeOf(status);
   } catch (error) {

@@ -48,6 +48,7 @@ describe('parseCommand: commands', () => {
       scope: { kind: 'all' },
       timeoutSeconds: undefined,
       dryRun: false,
+      asg: false,
     });
   });
 
@@ -160,12 +161,13 @@ describe('parseCommand: drain', () => {
   });
 
   it('every option together, in any order', () => {
-    assert.deepEqual(parseCommand(['--dry-run', '--timeout', '30', 'drain', '--service', 'default/web', '--ip', '10.0.1.5']), {
+    assert.deepEqual(parseCommand(['--dry-run', '--timeout', '30', 'drain', '--asg', '--service', 'default/web', '--ip', '10.0.1.5']), {
       kind: 'drain',
       target: { ip: '10.0.1.5' },
       scope: { kind: 'service', namespace: 'default', name: 'web' },
       timeoutSeconds: 30,
       dryRun: true,
+      asg: true,
     });
   });
 });

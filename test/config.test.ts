@@ -162,6 +162,13 @@ describe('loadConfig: valid values', () => {
     });
   }
 
+  it('ASG_LIFECYCLE_HOOK: auto (the default), off, or a hook name', () => {
+    assert.deepEqual(load({}).lifecycleHook, { kind: 'auto' });
+    assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'AUTO' }).lifecycleHook, { kind: 'auto' });
+    assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'off' }).lifecycleHook, { kind: 'off' });
+    assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'drain-first/v2' }).lifecycleHook, { kind: 'named', name: 'drain-first/v2' });
+  });
+
   it('POD_NAME and POD_NAMESPACE together are accepted', () => {
     const config = load({ POD_NAME: 'hasta-la-vista-x7k2p', POD_NAMESPACE: 'kube-system' });
     assert.equal(config.podName, 'hasta-la-vista-x7k2p');
@@ -225,6 +232,7 @@ describe('loadConfig: invalid values, the exact message a user sees', () => {
     ['MAX_CONCURRENT_DRAINS', '1001', 'MAX_CONCURRENT_DRAINS="1001" is not a whole number from 1 to 1000'],
     ['TERMINATION_GRACE_PERIOD', '0', 'TERMINATION_GRACE_PERIOD="0" is not a whole number of seconds from 1 to 86400'],
     ['TERMINATION_GRACE_PERIOD', '30s', 'TERMINATION_GRACE_PERIOD="30s" is not a whole number of seconds from 1 to 86400'],
+    ['ASG_LIFECYCLE_HOOK', 'my hook', 'ASG_LIFECYCLE_HOOK="my hook" is not auto, off, or a lifecycle hook name (letters, digits, "-", "_", "/"; up to 255)'],
     ['LOGLEVEL', 'verbose', 'LOGLEVEL="verbose" is not one of debug, info, warn, error'],
     ['LOGLEVEL', 'trace', 'LOGLEVEL="trace" is not one of debug, info, warn, error'],
     ['SIGTERM_DRAIN', 'sometimes', 'SIGTERM_DRAIN="sometimes" is not one of auto, always, never'],
@@ -348,6 +356,7 @@ describe('loadConfig: all problems at once', () => {
       RECHECK_INTERVAL: 'x',
       MAX_CONCURRENT_DRAINS: 'x',
       TERMINATION_GRACE_PERIOD: 'x',
+      ASG_LIFECYCLE_HOOK: 'x y',
     };
     const problems = problemsOf(bad, 'agent');
     // POD_NAME's problem names POD_NAMESPACE as well; every other variable is the first word of its problem.

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const IAM_PREFIX: Record<string, string> = {
+  '@aws-sdk/client-auto-scaling': 'autoscaling',
   '@aws-sdk/client-ec2': 'ec2',
   '@aws-sdk/client-elastic-load-balancing': 'elasticloadbalancing',
   '@aws-sdk/client-elastic-load-balancing-v2': 'elasticloadbalancing',
@@ -52,22 +53,30 @@ interface Statement {
   Condition?: Record<string, Record<string, string>>;
 }
 
-const policyText = readFileSync(join(ROOT, 'deploy/iam-policy.json'), 'utf8');
-const policy = JSON.parse(policyText) as { Statement: Statement[] };
-const granted = new Set(policy.Statement.flatMap((statement) => statement.Action));
+type Policy = { Statement: Statement[] };
+const readPolicy = (file: string) => JSON.parse(readFileSync(join(ROOT, 'deploy', file), 'utf8')) as Policy;
+/** The policy every installation needs, and the optional one for holding Auto Scaling terminations. */
+const policy = readPolicy('iam-policy.json');
+const asgPolicy = readPolicy('iam-policy-asg.json');
+const statements = [...policy.Statement, ...asgPolicy.Statement];
+const granted = new Set(statements.flatMap((statement) => statement.Action));
 
 describe('the IAM policy', () => {
-  test('grants every AWS action the code calls, and nothing else', () => {
+  test('grants every AWS action the code calls, and nothing else (with the optional Auto Scaling statement)', () => {
     const called = actionsCalledByCode();
     assert.ok(called.size >= 10, `found only ${[...called].join(', ')}: is the import scan still working?`);
     assert.deepEqual([...called].filter((action) => !granted.has(action)).sort(), [], 'called but not granted');
     assert.deepEqual([...granted].filter((action) => !called.has(action)).sort(), [], 'granted but never called');
   });
 
-  test('allows the mutating actions only on load balancers that carry a cluster tag', () => {
+  test('the optional statement holds only Auto Scaling actions', () => {
+    for (const action of asgPolicy.Statement.flatMap((statement) => statement.Action)) assert.match(action, /^autoscaling:/);
+  });
+
+  test('allows the mutating actions only on resources that carry a cluster tag', () => {
     const mutating = ['elasticloadbalancing:DeregisterInstancesFromLoadBalancer', 'elasticloadbalancing:DeregisterTargets'];
     const conditions: string[] = [];
-    for (const statement of policy.Statement) {
+    for (const statement of statements) {
       const mutates = statement.Action.some((action) => mutating.includes(action) || !/:(Describe|Get)/.test(action));
       if (!mutates) continue;
       assert.ok(statement.Condition, `${statement.Sid} grants ${statement.Action.join(', ')} without a condition`);
@@ -77,14 +86,16 @@ describe('the IAM policy', () => {
     assert.deepEqual(conditions.sort(), [
       'aws:ResourceTag/elbv2.k8s.aws/cluster',
       'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME',
+      'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME', // the Auto Scaling group's
       'aws:ResourceTag/kubernetes/cluster/CLUSTER_NAME',
     ]);
   });
 
-  test('the README gives the same policy', () => {
+  test('the README gives the same policies', () => {
     const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
-    const block = /```json\n(\{\n  "Version": "2012-10-17"[\s\S]*?)```/.exec(readme)?.[1];
-    assert.ok(block, 'README.md has no IAM policy block');
-    assert.deepEqual(JSON.parse(block), policy);
+    const blocks = [...readme.matchAll(/```json\n(\{\n  "Version": "2012-10-17"[\s\S]*?)```/g)].map((match) => JSON.parse(match[1]!) as Policy);
+    assert.equal(blocks.length, 2, 'README.md gives the policy and the optional Auto Scaling statement');
+    assert.deepEqual(blocks[0], policy);
+    assert.deepEqual(blocks[1], asgPolicy);
   });
 });

@@ -7,6 +7,7 @@
  * rate limiter that slows down on throttling), with few attempts: the drainer retries across its whole
  * deadline itself, and every call it makes carries an abort signal, so no retry runs past the deadline.
  */
+import { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
 import { EC2Client } from '@aws-sdk/client-ec2';
 import { ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
 import { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
@@ -20,6 +21,7 @@ export interface AwsClients {
   readonly elb: ElasticLoadBalancingClient;
   readonly elbv2: ElasticLoadBalancingV2Client;
   readonly tagging: ResourceGroupsTaggingAPIClient;
+  readonly autoscaling: AutoScalingClient;
   /** Counts every call by action, overall and per drain. */
   readonly calls: CallLog;
   destroy(): void;
@@ -48,6 +50,7 @@ export function createAwsClients(region: string): AwsClients {
     elb: new ElasticLoadBalancingClient(common),
     elbv2: new ElasticLoadBalancingV2Client(common),
     tagging: new ResourceGroupsTaggingAPIClient(common),
+    autoscaling: new AutoScalingClient(common),
   };
   for (const client of Object.values(clients)) countCalls(client as unknown as CountableClient, calls);
 

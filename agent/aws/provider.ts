@@ -9,6 +9,7 @@ import type { Logger } from '../log.ts';
 import { ClassicFamily } from './classic.ts';
 import type { AwsClients } from './clients.ts';
 import { Ec2InstanceLookup } from './instances.ts';
+import { LifecycleHolder, type HookSetting } from './lifecycle.ts';
 import { TaggedInventory } from './inventory.ts';
 import { clusterNameFromInstanceTags, tagsFromList } from './tags.ts';
 import { TargetGroupFamily } from './target-groups.ts';
@@ -22,13 +23,15 @@ export interface Placement {
 export interface AwsProvider {
   readonly lookup: InstanceLookup;
   readonly families: readonly LoadBalancerFamily[];
+  readonly lifecycle: LifecycleHolder;
 }
 
-export function createAwsProvider(clients: AwsClients, placement: Placement, logger: Logger): AwsProvider {
+export function createAwsProvider(clients: AwsClients, placement: Placement, hooks: HookSetting, logger: Logger): AwsProvider {
   const inventory = new TaggedInventory(clients, placement.clusterName, logger);
   return {
     lookup: new Ec2InstanceLookup(clients.ec2, placement.vpcId),
     families: [new ClassicFamily(clients.elb, inventory), new TargetGroupFamily(clients.elbv2, inventory)],
+    lifecycle: new LifecycleHolder(clients.autoscaling, hooks, logger.child({ component: 'lifecycle' })),
   };
 }
 

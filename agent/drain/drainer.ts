@@ -16,6 +16,8 @@ export interface DrainHandle {
   readonly done: Promise<DrainStatus>;
   /** True when this request joined a drain already in flight. */
   readonly joined: boolean;
+  /** Adds what a caller learned alongside the drain (e.g. its lifecycle action) to the status. */
+  amend(fields: Pick<DrainStatus, 'lifecycleAction'>): void;
 }
 
 export class TooManyDrainsError extends Error {
@@ -86,7 +88,7 @@ export class Drainer {
         this.inFlight.delete(key);
         return snapshot(status);
       });
-    const handle: DrainHandle = { status: () => snapshot(status), done, joined: false };
+    const handle: DrainHandle = { status: () => snapshot(status), done, joined: false, amend: (fields) => Object.assign(status, fields) };
     this.inFlight.set(key, handle);
     this.remember(instance.id, handle);
     return handle;

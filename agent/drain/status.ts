@@ -38,6 +38,18 @@ export interface DrainStatus {
   /** AWS calls this drain made, by action. */
   awsCalls: Record<string, number>;
   loadBalancers: LoadBalancerStatus[];
+  /** When Auto Scaling terminates the instance: how its lifecycle hook held it during the drain. */
+  lifecycleAction?: LifecycleActionStatus;
+}
+
+export interface LifecycleActionStatus {
+  readonly group: string;
+  readonly hook: string;
+  heartbeats: number;
+  /** `holding` while the drain runs; `no-active-action` is success too (nothing was waiting). */
+  outcome: 'holding' | 'completed' | 'no-active-action' | 'failed';
+  reason?: string;
+  completedAt?: string;
 }
 
 export function isFinished(status: DrainStatus): boolean {

@@ -19,6 +19,8 @@ export interface DrainRequest {
   readonly target: InstanceRef | undefined;
   readonly scope: Scope;
   readonly timeoutMs: number | undefined;
+  /** Hold the instance with its Auto Scaling termination hook while draining, then complete the action. */
+  readonly asg: boolean;
 }
 
 export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
@@ -49,7 +51,7 @@ export interface ApiServerOptions {
 
 /** Large enough for any legitimate request, which carries everything in its query string. */
 const MAX_BODY_BYTES = 16 * 1024;
-const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout']);
+const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout', 'asg']);
 
 class HttpError extends Error {
   constructor(
@@ -205,8 +207,8 @@ function httpStatusOf(status: DrainStatus): number {
 
 function parseDrainRequest(query: URLSearchParams): DrainRequest {
   const unknown = [...query.keys()].filter((key) => !QUERY_KEYS.has(key));
-  if (unknown.length > 0) throw new HttpError(400, `unknown parameter ${JSON.stringify(unknown[0])}: expected id, ip, service, wait, timeout, pw`);
-  for (const key of ['id', 'ip', 'service', 'wait', 'timeout']) {
+  if (unknown.length > 0) throw new HttpError(400, `unknown parameter ${JSON.stringify(unknown[0])}: expected id, ip, service, wait, timeout, asg, pw`);
+  for (const key of ['id', 'ip', 'service', 'wait', 'timeout', 'asg']) {
     if (query.getAll(key).length > 1) throw new HttpError(400, `parameter ${key} is given more than once`);
   }
   try {
@@ -218,6 +220,7 @@ function parseDrainRequest(query: URLSearchParams): DrainRequest {
       target: parseInstanceRef(query.get('id') ?? undefined, query.get('ip') ?? undefined),
       scope: parseScope(query.get('service') ?? undefined),
       timeoutMs: timeout === null ? undefined : Number(timeout) * 1000,
+      asg: parseBoolean(query, 'asg'),
     };
   } catch (error) {
     if (error instanceof UsageError) throw new HttpError(400, error.message);

@@ -7,7 +7,9 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import type { AddressInfo } from 'node:net';
 
 export interface AwsCall {
-  readonly service: 'ec2' | 'elb' | 'elbv2' | 'tagging' | 'other';
+  readonly service: 'ec2' | 'elb' | 'elbv2' | 'autoscaling' | 'tagging' | 'other';
+  /** When the proxy received it (ms since the epoch). */
+  readonly at: number;
   readonly action: string;
   readonly params: URLSearchParams;
   readonly body: string;
@@ -17,7 +19,9 @@ export interface AwsCall {
 export type Fault =
   | { readonly kind: 'error'; readonly status: number; readonly code: string; readonly message?: string }
   | { readonly kind: 'hang' }
-  | { readonly kind: 'delay'; readonly ms: number };
+  | { readonly kind: 'delay'; readonly ms: number }
+  /** Answers with this body (an XML document for the query protocols), as AWS would. */
+  | { readonly kind: 'respond'; readonly status: number; readonly body: string };
 
 export type FaultRule = (call: AwsCall) => Fault | undefined;
 
@@ -35,16 +39,17 @@ const QUERY_VERSIONS: Record<string, AwsCall['service']> = {
   '2016-11-15': 'ec2',
   '2012-06-01': 'elb',
   '2015-12-01': 'elbv2',
+  '2011-01-01': 'autoscaling',
 };
 
 function parseCall(req: IncomingMessage, body: string): AwsCall {
   const target = req.headers['x-amz-target'];
   if (typeof target === 'string') {
     const [prefix = '', action = ''] = target.split('.');
-    return { service: prefix.startsWith('ResourceGroupsTaggingAPI') ? 'tagging' : 'other', action, params: new URLSearchParams(), body };
+    return { service: prefix.startsWith('ResourceGroupsTaggingAPI') ? 'tagging' : 'other', action, params: new URLSearchParams(), body, at: Date.now() };
   }
   const params = new URLSearchParams(body);
-  return { service: QUERY_VERSIONS[params.get('Version') ?? ''] ?? 'other', action: params.get('Action') ?? 'Unknown', params, body };
+  return { service: QUERY_VERSIONS[params.get('Version') ?? ''] ?? 'other', action: params.get('Action') ?? 'Unknown', params, body, at: Date.now() };
 }
 
 function answerError(res: ServerResponse, call: AwsCall, fault: Extract<Fault, { kind: 'error' }>): void {
@@ -79,6 +84,10 @@ export async function startAwsProxy(upstream: string): Promise<AwsProxy> {
         const fault = rule(call);
         if (fault === undefined) continue;
         if (fault.kind === 'error') return answerError(res, call, fault);
+        if (fault.kind === 'respond') {
+          res.writeHead(fault.status, { 'content-type': 'text/xml' });
+          return void res.end(fault.body);
+        }
         if (fault.kind === 'hang') {
           hanging.add(res);
           res.on('close', () => hanging.delete(res));

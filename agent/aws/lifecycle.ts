@@ -1,0 +1,134 @@
+/**
+ * Auto Scaling termination, held until the instance is out: while a drain runs, the instance is kept in
+ * Terminating:Wait by its group's termination lifecycle hook (heartbeats before the hook's timeout),
+ * then released with CompleteLifecycleAction CONTINUE, also when the drain timed out or failed: the
+ * agent never keeps a node alive longer than its drain may take. Without a hook the group terminates
+ * the instance at once, and there is nothing to hold.
+ */
+import {
+  CompleteLifecycleActionCommand,
+  DescribeLifecycleHooksCommand,
+  RecordLifecycleActionHeartbeatCommand,
+  type AutoScalingClient,
+} from '@aws-sdk/client-auto-scaling';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DrainHandle } from '../drain/drainer.ts';
+import type { Instance } from '../drain/instance.ts';
+import type { DrainStatus, LifecycleActionStatus } from '../drain/status.ts';
+import type { Logger } from '../log.ts';
+import { errorCode, errorMessage } from './errors.ts';
+
+/** ASG_LIFECYCLE_HOOK: find the group's termination hook, use a named one, or leave hooks alone. */
+export type HookSetting = { readonly kind: 'auto' } | { readonly kind: 'off' } | { readonly kind: 'named'; readonly name: string };
+
+export interface HookTarget {
+  readonly group: string;
+  readonly hook: string;
+  readonly heartbeatTimeoutSeconds: number;
+}
+
+export const GROUP_TAG = 'aws:autoscaling:groupName';
+const TERMINATING = 'autoscaling:EC2_INSTANCE_TERMINATING';
+/** What Auto Scaling answers when no action waits (already completed, or the hook belongs to someone who finished). */
+const NO_ACTIVE_ACTION = /no active lifecycle action/i;
+
+export class LifecycleHolder {
+  constructor(
+    private readonly autoscaling: AutoScalingClient,
+    private readonly setting: HookSetting,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The termination hook that holds this instance, if its group has one and holding is not off. */
+  async hookFor(instance: Instance, signal: AbortSignal): Promise<HookTarget | undefined> {
+    const group = instance.tags[GROUP_TAG];
+    if (this.setting.kind === 'off' || group === undefined) return undefined;
+    const answer = await this.autoscaling.send(
+      new DescribeLifecycleHooksCommand({
+        AutoScalingGroupName: group,
+        LifecycleHookNames: this.setting.kind === 'named' ? [this.setting.name] : undefined,
+      }),
+      { abortSignal: signal },
+    );
+    const hook = (answer.LifecycleHooks ?? []).find((candidate) => candidate.LifecycleTransition === TERMINATING && candidate.LifecycleHookName);
+    if (!hook) return undefined;
+    return { group, hook: hook.LifecycleHookName!, heartbeatTimeoutSeconds: hook.HeartbeatTimeout ?? 3600 };
+  }
+
+  /**
+   * Heartbeats while the drain runs, then completes the action with CONTINUE. Never throws: what
+   * happened is in the returned status.
+   */
+  async hold(target: HookTarget, instanceId: string, drained: Promise<DrainStatus>): Promise<LifecycleActionStatus> {
+    const log = this.logger.child({ instanceId, group: target.group, hook: target.hook });
+    // Half the hook's timeout: one lost heartbeat still leaves time for the next.
+    const intervalMs = Math.max(1_000, (target.heartbeatTimeoutSeconds * 1000) / 2);
+    const status: LifecycleActionStatus = { group: target.group, hook: target.hook, heartbeats: 0, outcome: 'holding' };
+    const stopped = new AbortController();
+    const heartbeats = this.heartbeat(target, instanceId, intervalMs, status, stopped.signal, log);
+    const drain = await drained;
+    stopped.abort();
+    await heartbeats;
+
+    const params = { AutoScalingGroupName: target.group, LifecycleHookName: target.hook, InstanceId: instanceId, LifecycleActionResult: 'CONTINUE' };
+    try {
+      await this.autoscaling.send(new CompleteLifecycleActionCommand(params), { abortSignal: AbortSignal.timeout(10_000) });
+      status.outcome = 'completed';
+      log.info({ drainState: drain.state, heartbeats: status.heartbeats }, 'lifecycle action completed: CONTINUE');
+    } catch (error) {
+      if (errorCode(error) === 'ValidationError' && NO_ACTIVE_ACTION.test(errorMessage(error))) {
+        status.outcome = 'no-active-action';
+        status.reason = 'no lifecycle action was waiting (completed by another tool, or timed out)';
+        log.info(status.reason);
+      } else {
+        status.outcome = 'failed';
+        status.reason = `CompleteLifecycleAction: ${errorMessage(error)}; the group releases the instance when the hook times out`;
+        log.error({ err: error }, 'could not complete the lifecycle action');
+      }
+    }
+    status.completedAt = new Date().toISOString();
+    return status;
+  }
+
+  private async heartbeat(target: HookTarget, instanceId: string, intervalMs: number, status: LifecycleActionStatus, stopped: AbortSignal, log: Logger): Promise<void> {
+    for (;;) {
+      try {
+        await sleep(intervalMs, undefined, { signal: stopped });
+      } catch {
+        return; // the drain finished
+      }
+      try {
+        await this.autoscaling.send(
+          new RecordLifecycleActionHeartbeatCommand({ AutoScalingGroupName: target.group, LifecycleHookName: target.hook, InstanceId: instanceId }),
+          { abortSignal: AbortSignal.timeout(Math.min(intervalMs, 10_000)) },
+        );
+        status.heartbeats++;
+        log.debug({ heartbeats: status.heartbeats }, 'lifecycle heartbeat');
+      } catch (error) {
+        if (errorCode(error) === 'ValidationError' && NO_ACTIVE_ACTION.test(errorMessage(error))) {
+          log.info('no lifecycle action waits any more: stopping heartbeats');
+          return;
+        }
+        log.warn({ err: error }, 'lifecycle heartbeat failed; trying again at the next interval');
+      }
+    }
+  }
+}
+
+/**
+ * A drain of an instance that Auto Scaling is terminating: held by the hook while it runs. Resolves
+ * with the drain's final status, the lifecycle action's outcome included.
+ */
+export async function drainHeldByHook(holder: LifecycleHolder, instance: Instance, handle: DrainHandle, logger: Logger): Promise<DrainStatus> {
+  let target: HookTarget | undefined;
+  try {
+    target = await holder.hookFor(instance, AbortSignal.timeout(10_000));
+  } catch (error) {
+    logger.warn({ err: error, instanceId: instance.id }, 'could not look up the Auto Scaling lifecycle hook: the drain runs without holding the instance');
+  }
+  if (!target) return handle.done;
+  handle.amend({ lifecycleAction: { group: target.group, hook: target.hook, heartbeats: 0, outcome: 'holding' } });
+  const lifecycleAction = await holder.hold(target, instance.id, handle.done);
+  handle.amend({ lifecycleAction });
+  return handle.status();
+}
