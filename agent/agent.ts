@@ -11,7 +11,7 @@ import { createAwsProvider } from './aws/provider.ts';
 import { describeConfig, type Config } from './config.ts';
 import type { DrainHandle } from './drain/drainer.ts';
 import { Drainer } from './drain/drainer.ts';
-import { ALL, type Scope } from './drain/family.ts';
+import { ALL, type LoadBalancerFamily, type Scope } from './drain/family.ts';
 import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
@@ -25,6 +25,7 @@ import { NodeKeeper } from './kube/keep-out.ts';
 import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { imdsFor, resolvePlacement, type Resolved } from './placement.ts';
+import { LocalServices } from './services/local-services.ts';
 import { classifyShutdown } from './shutdown.ts';
 
 /** Start-up tries IMDS and AWS this many times (about a minute) before giving up with the reason. */
@@ -39,6 +40,8 @@ interface Running {
   readonly drainer: Drainer;
   readonly watcher: NoticesWatcher;
   readonly lifecycle: LifecycleHolder;
+  /** With LOCAL_SERVICE_DRAIN and Kubernetes access: scoped drains of this node, and putting them back. */
+  readonly services: LocalServices | undefined;
 }
 
 export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
@@ -53,6 +56,8 @@ class Agent implements AgentApi {
   private running: Running | undefined;
   private notReadyBecause = 'starting: finding the instance, VPC and cluster';
   private shuttingDown = false;
+  /** Once this node is being drained from everything, nothing registers it back. */
+  private wholeDrainStarted = false;
   private recheck: NodeJS.Timeout | undefined;
   /** Events and labels still being written: shutdown lets them finish before closing the clients. */
   private readonly sideEffects = new Set<Promise<unknown>>();
@@ -119,13 +124,37 @@ class Agent implements AgentApi {
       onNotice: (notice) => this.onNotice(notice),
       onPollError: () => this.metrics.imdsErrors.inc(),
     });
+    const services = this.localServices(provider.families, self);
     if (this.stop.signal.aborted) return;
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, services };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
 
     await this.healExclusion(watcher);
+    await services?.load().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the scoped deregistrations to put back'));
+    services?.start();
     watcher.start();
     this.logger.info({ instanceId: self.instanceId }, 'ready: watching IMDS for notices');
+  }
+
+  private localServices(families: readonly LoadBalancerFamily[], self: InstanceIdentity): LocalServices | undefined {
+    if (!this.config.localServiceDrain) return undefined;
+    if (!this.kube || !this.config.nodeName) {
+      this.logger.warn('LOCAL_SERVICE_DRAIN needs NODE_NAME and Kubernetes access: scoped drains will not check EndpointSlices or register back');
+      return undefined;
+    }
+    return new LocalServices({
+      kube: this.kube,
+      nodeName: this.config.nodeName,
+      families,
+      instance: () => this.ownInstance(new Date(Date.now() + 10_000)),
+      blockedBecause: () => (this.shuttingDown ? 'shutting down' : this.wholeDrainStarted ? 'this node was drained from every load balancer' : undefined),
+      onRegistered: (entry) => {
+        this.metrics.registeredBack.inc({ family: entry.family });
+        this.track(this.keeper?.event('RegisteredBack', `A pod of ${entry.service} is ready on this node again: registered ${self.instanceId} back into ${String(entry.summary.name ?? entry.summary.arn)}`, 'Normal'));
+      },
+      pollIntervalMs: this.config.pollIntervalMs,
+      logger: this.logger.child({ component: 'local-services' }),
+    });
   }
 
   private async withRetries<T>(what: string, work: () => Promise<T>): Promise<T> {
@@ -195,9 +224,11 @@ class Agent implements AgentApi {
 
   /** Drains this instance; a drain of everything also labels the node and starts the keep-out re-check. */
   private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, asg = trigger === 'asg-termination'): Promise<DrainHandle> {
-    const { drainer, self } = this.running!;
+    const { drainer, self, services } = this.running!;
     const instance = await this.ownInstance(deadline);
+    if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services);
     const whole = scope.kind === 'all' && !this.config.dryRun;
+    if (whole) this.wholeDrainStarted = true;
     if (whole && this.keeper && this.config.excludeNode) {
       this.track(this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again')));
     }
@@ -212,6 +243,34 @@ class Agent implements AgentApi {
       );
     }
     return asg ? this.heldByHook(instance, handle) : handle;
+  }
+
+  /**
+   * A scoped drain of this node (a preStop hook of an externalTrafficPolicy: Local Service): skipped while
+   * another local endpoint of the Service is ready, remembered so the node goes back in later.
+   */
+  private async drainSelfFromService(instance: Instance, trigger: Trigger, deadline: Date, scope: Extract<Scope, { kind: 'service' }>, services: LocalServices): Promise<DrainHandle> {
+    const { drainer } = this.running!;
+    const service = `${scope.namespace}/${scope.name}`;
+    const options = { trigger, scope, deadline, dryRun: this.config.dryRun };
+    try {
+      const others = await services.readyHere(scope.namespace, scope.name);
+      if (others > 0) return drainer.skip(instance, options, `${others} other ready endpoint(s) of ${service} still run on this node: not deregistering`);
+    } catch (error) {
+      // Better a drain that is put back later than traffic sent to a pod that is stopping.
+      this.logger.warn({ err: error, service }, 'could not read the Service\'s EndpointSlices: draining anyway');
+    }
+    const handle = drainer.start(instance, options);
+    if (handle.joined || this.config.dryRun) return handle;
+    // Answered only once the memory is on the Node: a crash right after the answer forgets nothing.
+    const done = handle.done.then(async (status) => {
+      await services
+        .remember(service, status)
+        .catch((error: unknown) => this.logger.error({ err: error, service }, 'could not remember the scoped deregistration: the node will not be put back by itself'));
+      return status;
+    });
+    this.track(done);
+    return { ...handle, done };
   }
 
   private track(work: Promise<unknown> | undefined): void {
@@ -286,6 +345,7 @@ class Agent implements AgentApi {
     this.shuttingDown = true;
     this.stop.abort();
     clearInterval(this.recheck);
+    this.running?.services?.stop();
     // A second signal means: stop now.
     const again = () => {
       this.logger.warn('second signal: abandoning running drains');

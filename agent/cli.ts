@@ -146,6 +146,9 @@ Environment:
   MAX_CONCURRENT_DRAINS  drains that may run at once (default 16)
   TERMINATION_GRACE_PERIOD
                          the pod's grace period in seconds: bounds a drain started by SIGTERM (default 30)
+  LOCAL_SERVICE_DRAIN    true: a scoped drain of this node (--service, ?service=) waits for the Service's last
+                         ready local endpoint, and the node is registered back when one is ready again
+                         (default false)
   ASG_LIFECYCLE_HOOK     on an Auto Scaling termination, hold the instance with the group's termination
                          lifecycle hook while draining: auto (find it), off, or the hook's name (default auto)
   The AWS SDK's own variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, the credential chain,

@@ -40,6 +40,11 @@ export interface Config {
   readonly maxConcurrentDrains: number;
   /** The pod's terminationGracePeriodSeconds: the bound on a drain started by SIGTERM. */
   readonly terminationGracePeriodMs: number;
+  /**
+   * LOCAL_SERVICE_DRAIN: a scoped drain of this node first checks the Service's EndpointSlices (skipped
+   * while another local endpoint is ready), and the node is registered back when one is ready again.
+   */
+  readonly localServiceDrain: boolean;
   /** ASG_LIFECYCLE_HOOK: how an Auto Scaling termination is held while the drain runs. */
   readonly lifecycleHook: HookSetting;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
@@ -163,6 +168,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     recheckIntervalMs: read.seconds('RECHECK_INTERVAL', 30, 5, 3600),
     maxConcurrentDrains: read.integer('MAX_CONCURRENT_DRAINS', 16, 1, 1000),
     terminationGracePeriodMs: read.seconds('TERMINATION_GRACE_PERIOD', 30, 1, 24 * 3600),
+    localServiceDrain: read.boolean('LOCAL_SERVICE_DRAIN', false),
     lifecycleHook: hookSetting(read.matching('ASG_LIFECYCLE_HOOK', HOOK, 'auto, off, or a lifecycle hook name (letters, digits, "-", "_", "/"; up to 255)')),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',

@@ -50,6 +50,12 @@ export class Metrics {
     labelNames: ['family'] as const,
     registers: [this.registry],
   });
+  readonly registeredBack = new Counter({
+    name: 'hasta_la_vista_registered_back_total',
+    help: 'Scoped deregistrations undone because a local endpoint of the Service was ready again, by family.',
+    labelNames: ['family'] as const,
+    registers: [this.registry],
+  });
   readonly apiRequests = new Counter({
     name: 'hasta_la_vista_api_requests_total',
     help: 'HTTP API requests, by route and status code.',

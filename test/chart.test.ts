@@ -260,6 +260,11 @@ describe('chart: default values', () => {
     assert.equal(account.metadata.annotations, undefined, 'no IRSA annotation unless a role is given');
   });
 
+  it('lists no EndpointSlices unless local service drains are on', () => {
+    const role = only(objects, 'ClusterRole');
+    assert.ok(!JSON.stringify(role.rules).includes('endpointslices'));
+  });
+
   it('sets every variable the agent reads from its environment (agent/config.ts)', () => {
     const source = readFileSync(join(ROOT, 'agent', 'config.ts'), 'utf8');
     const read = new Set([...source.matchAll(/\b(?:raw|oneOf|boolean|integer|seconds|matching)\('([A-Z][A-Z0-9_]*)'/g)].map((m) => m[1]!));
@@ -296,6 +301,12 @@ describe('chart: every option on (test/fixtures/values-all.yaml)', () => {
     };
     for (const [name, value] of Object.entries(expected)) assert.equal(envValue(env, name), value, name);
     assert.equal(pod.terminationGracePeriodSeconds, 360);
+  });
+
+  it('grants list and watch on EndpointSlices for local service drains, and nothing more', () => {
+    const role = only(objects, 'ClusterRole');
+    assert.deepEqual(role.rules.at(-1), { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] });
+    assert.equal(role.rules.length, 4);
   });
 
   it('moves the API port, hostPort with it', () => {

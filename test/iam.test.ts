@@ -55,26 +55,33 @@ interface Statement {
 
 type Policy = { Statement: Statement[] };
 const readPolicy = (file: string) => JSON.parse(readFileSync(join(ROOT, 'deploy', file), 'utf8')) as Policy;
-/** The policy every installation needs, and the optional one for holding Auto Scaling terminations. */
+/** The policy every installation needs, and the optional ones: holding Auto Scaling terminations, registering back (local services). */
 const policy = readPolicy('iam-policy.json');
 const asgPolicy = readPolicy('iam-policy-asg.json');
-const statements = [...policy.Statement, ...asgPolicy.Statement];
+const localServicesPolicy = readPolicy('iam-policy-local-services.json');
+const statements = [...policy.Statement, ...asgPolicy.Statement, ...localServicesPolicy.Statement];
 const granted = new Set(statements.flatMap((statement) => statement.Action));
 
 describe('the IAM policy', () => {
-  test('grants every AWS action the code calls, and nothing else (with the optional Auto Scaling statement)', () => {
+  test('grants every AWS action the code calls, and nothing else (with the optional statements)', () => {
     const called = actionsCalledByCode();
     assert.ok(called.size >= 10, `found only ${[...called].join(', ')}: is the import scan still working?`);
     assert.deepEqual([...called].filter((action) => !granted.has(action)).sort(), [], 'called but not granted');
     assert.deepEqual([...granted].filter((action) => !called.has(action)).sort(), [], 'granted but never called');
   });
 
-  test('the optional statement holds only Auto Scaling actions', () => {
+  test('the optional statements hold only their feature\'s actions', () => {
     for (const action of asgPolicy.Statement.flatMap((statement) => statement.Action)) assert.match(action, /^autoscaling:/);
+    for (const action of localServicesPolicy.Statement.flatMap((statement) => statement.Action)) assert.match(action, /^elasticloadbalancing:Register/);
   });
 
   test('allows the mutating actions only on resources that carry a cluster tag', () => {
-    const mutating = ['elasticloadbalancing:DeregisterInstancesFromLoadBalancer', 'elasticloadbalancing:DeregisterTargets'];
+    const mutating = [
+      'elasticloadbalancing:DeregisterInstancesFromLoadBalancer',
+      'elasticloadbalancing:DeregisterTargets',
+      'elasticloadbalancing:RegisterInstancesWithLoadBalancer',
+      'elasticloadbalancing:RegisterTargets',
+    ];
     const conditions: string[] = [];
     for (const statement of statements) {
       const mutates = statement.Action.some((action) => mutating.includes(action) || !/:(Describe|Get)/.test(action));
@@ -83,19 +90,17 @@ describe('the IAM policy', () => {
       conditions.push(...Object.values(statement.Condition).flatMap((clause) => Object.keys(clause)));
     }
     // the three tag keys of DESIGN.md's scope
-    assert.deepEqual(conditions.sort(), [
-      'aws:ResourceTag/elbv2.k8s.aws/cluster',
-      'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME',
-      'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME', // the Auto Scaling group's
-      'aws:ResourceTag/kubernetes/cluster/CLUSTER_NAME',
-    ]);
+    const clusterTags = ['aws:ResourceTag/elbv2.k8s.aws/cluster', 'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME', 'aws:ResourceTag/kubernetes/cluster/CLUSTER_NAME'];
+    // deregister and register back each under the three cluster tags; the Auto Scaling group's cluster tag
+    assert.deepEqual(conditions.sort(), [...clusterTags, ...clusterTags, 'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME'].sort());
   });
 
   test('the README gives the same policies', () => {
     const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
     const blocks = [...readme.matchAll(/```json\n(\{\n  "Version": "2012-10-17"[\s\S]*?)```/g)].map((match) => JSON.parse(match[1]!) as Policy);
-    assert.equal(blocks.length, 2, 'README.md gives the policy and the optional Auto Scaling statement');
+    assert.equal(blocks.length, 3, 'README.md gives the policy and the two optional ones');
     assert.deepEqual(blocks[0], policy);
     assert.deepEqual(blocks[1], asgPolicy);
+    assert.deepEqual(blocks[2], localServicesPolicy);
   });
 });

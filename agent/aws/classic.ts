@@ -5,6 +5,7 @@
  * already lists.
  */
 import {
+  RegisterInstancesWithLoadBalancerCommand,
   DescribeInstanceHealthCommand,
   DescribeLoadBalancersCommand,
   DeregisterInstancesFromLoadBalancerCommand,
@@ -70,6 +71,17 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     if (health === undefined || health.State === 'OutOfService') return { out: true };
     if (health.State === 'Unknown' && !(await this.stillListed(membership, ctx))) return { out: true };
     return { out: false, detail: `${health.State}: ${health.Description ?? 'no description'}` };
+  }
+
+  async register(membership: ClassicMembership, ctx: CallContext): Promise<void> {
+    await this.elb.send(
+      new RegisterInstancesWithLoadBalancerCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
+      { abortSignal: ctx.signal },
+    );
+  }
+
+  fromSummary(summary: Readonly<Record<string, unknown>>, instanceId: string): ClassicMembership | undefined {
+    return typeof summary.name === 'string' && summary.name !== '' ? membership(summary.name, instanceId) : undefined;
   }
 
   /** "Unknown" health is transient unless the load balancer no longer lists the instance at all. */

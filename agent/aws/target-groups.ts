@@ -6,6 +6,7 @@
  * Out means DescribeTargetHealth no longer lists the target, or says "unused"; "draining" is not out.
  */
 import {
+  RegisterTargetsCommand,
   DeregisterTargetsCommand,
   DescribeTargetGroupsCommand,
   DescribeTargetHealthCommand,
@@ -81,6 +82,20 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     };
   }
 
+  async register(membership: TargetGroupMembership, ctx: CallContext): Promise<void> {
+    await this.elbv2.send(new RegisterTargetsCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }), { abortSignal: ctx.signal });
+  }
+
+  fromSummary(summary: Readonly<Record<string, unknown>>): TargetGroupMembership | undefined {
+    const { arn, targets } = summary;
+    if (typeof arn !== 'string' || !arn.startsWith('arn:') || !Array.isArray(targets)) return undefined;
+    const parsed = targets.flatMap((target: unknown) => {
+      const { id, port } = (target ?? {}) as { id?: unknown; port?: unknown };
+      return typeof id === 'string' && (port === undefined || Number.isInteger(port)) ? [{ Id: id, Port: port as number | undefined }] : [];
+    });
+    return parsed.length === targets.length && parsed.length > 0 ? toMembership(arn, parsed) : undefined;
+  }
+
   /** Target groups in the VPC, tagged themselves or through a tagged load balancer, of a type we can drain. */
   private async groupsInScope(vpcId: string, scope: Scope, ctx: CallContext): Promise<TargetGroup[]> {
     const { loadBalancers, targetGroups } = await this.inventory.inventory(ctx.signal);
@@ -149,11 +164,10 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
       .filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id))
       .map((description) => description.Target!);
     if (targets.length === 0) return undefined;
-    return {
-      id: arn,
-      arn,
-      targets,
-      summary: { arn, targets: targets.map((target) => ({ id: target.Id, port: target.Port })) },
-    };
+    return toMembership(arn, targets);
   }
+}
+
+function toMembership(arn: string, targets: readonly TargetDescription[]): TargetGroupMembership {
+  return { id: arn, arn, targets, summary: { arn, targets: targets.map((target) => ({ id: target.Id, port: target.Port })) } };
 }

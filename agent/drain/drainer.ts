@@ -57,18 +57,7 @@ export class Drainer {
     if (running) return { ...running, joined: true };
     if (this.inFlight.size >= this.options.maxConcurrent) throw new TooManyDrainsError(this.options.maxConcurrent);
 
-    const status: DrainStatus = {
-      instanceId: instance.id,
-      trigger: options.trigger,
-      scope: describeScope(options.scope),
-      state: 'draining',
-      dryRun: options.dryRun,
-      startedAt: new Date().toISOString(),
-      deadline: options.deadline.toISOString(),
-      finishedAt: null,
-      awsCalls: {},
-      loadBalancers: [],
-    };
+    const status = newStatus(instance, options);
     // A timer of our own, not AbortSignal.timeout(): on Node 20 a garbage collection can lose that
     // signal inside AbortSignal.any(), and the drain would then never reach its deadline.
     const deadline = new AbortController();
@@ -90,6 +79,15 @@ export class Drainer {
       });
     const handle: DrainHandle = { status: () => snapshot(status), done, joined: false, amend: (fields) => Object.assign(status, fields) };
     this.inFlight.set(key, handle);
+    this.remember(instance.id, handle);
+    return handle;
+  }
+
+  /** A drain decided against before it began (e.g. another local endpoint of the Service is still ready): recorded, nothing done. */
+  skip(instance: Instance, options: DrainOptions, reason: string): DrainHandle {
+    const status: DrainStatus = { ...newStatus(instance, options), state: 'skipped', reason, finishedAt: new Date().toISOString() };
+    this.options.logger.info({ instanceId: instance.id, trigger: options.trigger, scope: status.scope, reason }, 'drain skipped');
+    const handle: DrainHandle = { status: () => snapshot(status), done: Promise.resolve(snapshot(status)), joined: false, amend: (fields) => Object.assign(status, fields) };
     this.remember(instance.id, handle);
     return handle;
   }
@@ -126,6 +124,21 @@ export class Drainer {
       else break;
     }
   }
+}
+
+function newStatus(instance: Instance, options: DrainOptions): DrainStatus {
+  return {
+    instanceId: instance.id,
+    trigger: options.trigger,
+    scope: describeScope(options.scope),
+    state: 'draining',
+    dryRun: options.dryRun,
+    startedAt: new Date().toISOString(),
+    deadline: options.deadline.toISOString(),
+    finishedAt: null,
+    awsCalls: {},
+    loadBalancers: [],
+  };
 }
 
 function snapshot(status: DrainStatus): DrainStatus {

@@ -35,4 +35,8 @@ export interface LoadBalancerFamily<M extends Membership = Membership> {
   memberships(instance: Instance, scope: Scope, ctx: CallContext): Promise<M[]>;
   deregister(membership: M, ctx: CallContext): Promise<void>;
   isOut(membership: M, ctx: CallContext): Promise<OutCheck>;
+  /** Puts the instance back where a scoped drain took it out: the same load balancer, the same ports. */
+  register(membership: M, ctx: CallContext): Promise<void>;
+  /** The membership that a drain status entry (its summary fields) describes; undefined when the entry is not this family's or malformed. */
+  fromSummary(summary: Readonly<Record<string, unknown>>, instanceId: string): M | undefined;
 }

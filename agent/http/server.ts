@@ -8,7 +8,7 @@ import type { DrainHandle } from '../drain/drainer.ts';
 import { TooManyDrainsError } from '../drain/drainer.ts';
 import type { Scope } from '../drain/family.ts';
 import { InstanceNotFoundError, type InstanceRef } from '../drain/instance.ts';
-import type { DrainStatus } from '../drain/status.ts';
+import { isFinished, type DrainStatus } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { offeredSecret, secretMatches } from './auth.ts';
@@ -185,7 +185,8 @@ async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLS
     throw error;
   }
   const location = `/drain/${handle.status().instanceId}`;
-  if (!wait) return sendJson(res, 202, handle.status(), { location });
+  // 202 while it runs; a drain decided against at once (skipped) is answered 200 right away.
+  if (!wait) return sendJson(res, isFinished(handle.status()) ? 200 : 202, handle.status(), { location });
   // The drain goes on if the client hangs up: it was asked for, and it is idempotent.
   const status = await handle.done;
   sendJson(res, httpStatusOf(status), status, { location });

@@ -55,8 +55,20 @@ export interface NodeEvent {
   reportingInstance: string;
 }
 
+/** One endpoint of a Service, as an EndpointSlice lists it: where it runs and whether it takes traffic. */
+export interface KubeEndpoint {
+  nodeName?: string;
+  /** Unset in the API means ready (unknown state, which consumers treat as ready). */
+  ready: boolean;
+  terminating: boolean;
+  /** The pod behind it, when there is one. */
+  podName?: string;
+}
+
 export interface KubeClient {
   getPod(namespace: string, name: string): Promise<KubePod>;
+  /** Every endpoint of a Service, from all its EndpointSlices. */
+  listServiceEndpoints(namespace: string, service: string): Promise<KubeEndpoint[]>;
   getNode(name: string): Promise<KubeNode>;
   patchNode(name: string, patch: NodeMetadataPatch): Promise<void>;
   createEvent(event: NodeEvent): Promise<void>;
@@ -84,8 +96,10 @@ export class KubeApiError extends Error {
 
 /** What a call does, for error messages and RBAC hints. */
 interface Action {
-  verb: 'get' | 'patch' | 'create';
-  resource: 'pods' | 'nodes' | 'events';
+  verb: 'get' | 'patch' | 'create' | 'list';
+  resource: 'pods' | 'nodes' | 'events' | 'endpointslices';
+  /** The API group, "" for core. */
+  group?: string;
   /** Set for namespaced resources. */
   namespace?: string;
   /** e.g. `node "ip-10-0-0-1"`. */
@@ -145,6 +159,15 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
         { method: 'GET', path: `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}` },
       );
       return toPod(raw, `pod "${namespace}/${name}"`);
+    },
+
+    async listServiceEndpoints(namespace, service) {
+      const selector = encodeURIComponent(`kubernetes.io/service-name=${service}`);
+      const raw = await call(
+        { verb: 'list', resource: 'endpointslices', group: 'discovery.k8s.io', namespace, what: `endpointslices of service "${namespace}/${service}"` },
+        { method: 'GET', path: `/apis/discovery.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/endpointslices?labelSelector=${selector}` },
+      );
+      return toEndpoints(raw);
     },
 
     async getNode(name) {
@@ -256,7 +279,7 @@ function parseStatus(text: string): { reason?: string; message?: string } {
 function hintFor(action: Action, status: number, source: string): string | undefined {
   if (status === 401) return `the API server did not accept the credentials from ${source}: expired, revoked, or for another cluster?`;
   if (status !== 403) return undefined;
-  const rule = `{apiGroups: [""], resources: ["${action.resource}"], verbs: ["${action.verb}"]}`;
+  const rule = `{apiGroups: ["${action.group ?? ''}"], resources: ["${action.resource}"], verbs: ["${action.verb}"]}`;
   return action.namespace === undefined
     ? `grant ${action.verb} on ${action.resource} to the agent's ServiceAccount: ClusterRole rule ${rule}`
     : `grant ${action.verb} on ${action.resource} in namespace ${action.namespace} to the agent's ServiceAccount: Role or ClusterRole rule ${rule}`;
@@ -307,6 +330,24 @@ function toNode(raw: unknown, what: string): KubeNode {
       ...optional('providerID', spec.providerID, isString),
     },
   };
+}
+
+function toEndpoints(raw: unknown): KubeEndpoint[] {
+  const items = typeof raw === 'object' && raw !== null && Array.isArray((raw as Raw).items) ? ((raw as Raw).items as unknown[]) : [];
+  return items.flatMap((slice) => {
+    const endpoints = typeof slice === 'object' && slice !== null && Array.isArray((slice as Raw).endpoints) ? ((slice as Raw).endpoints as unknown[]) : [];
+    return endpoints.map((endpoint) => {
+      const conditions = object(endpoint, 'conditions');
+      const targetRef = object(endpoint, 'targetRef');
+      const nodeName = (endpoint as Raw | null)?.nodeName;
+      return {
+        ...(isString(nodeName) ? { nodeName } : {}),
+        ready: conditions.ready !== false,
+        terminating: conditions.terminating === true,
+        ...(targetRef.kind === 'Pod' && isString(targetRef.name) ? { podName: targetRef.name } : {}),
+      };
+    });
+  });
 }
 
 function badObject(what: string): KubeApiError {

@@ -10,7 +10,7 @@ import type { KubeClient, KubeNode } from './client.ts';
 export const EXCLUDE_LABEL = 'node.kubernetes.io/exclude-from-external-load-balancers';
 export const MARK_ANNOTATION = 'hasta-la-vista.io/excluded-at';
 
-export type EventKind = 'DrainStarted' | 'DrainFinished' | 'DrainTimedOut' | 'DrainFailed' | 'ExclusionLifted' | 'ReRegistrationCaught';
+export type EventKind = 'DrainStarted' | 'DrainFinished' | 'DrainTimedOut' | 'DrainFailed' | 'ExclusionLifted' | 'ReRegistrationCaught' | 'RegisteredBack';
 
 export class NodeKeeper {
   constructor(

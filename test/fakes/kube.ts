@@ -27,8 +27,8 @@ export interface RecordedPatch {
   body: KubeObject;
 }
 
-type Verb = 'get' | 'patch' | 'create';
-type Resource = 'pods' | 'nodes' | 'events';
+type Verb = 'get' | 'patch' | 'create' | 'list';
+type Resource = 'pods' | 'nodes' | 'events' | 'endpointslices';
 
 /** The identity the fake pretends a request's token belongs to, for 403 messages. */
 const USER = 'system:serviceaccount:kube-system:hasta-la-vista';
@@ -43,6 +43,7 @@ export class FakeKube {
 
   private readonly pods = new Map<string, KubeObject>();
   private readonly nodes = new Map<string, KubeObject>();
+  private readonly endpointSlices = new Map<string, KubeObject>();
   private readonly forbidden = new Set<string>();
   private resourceVersion = 1;
 
@@ -70,6 +71,16 @@ export class FakeKube {
 
   deleteNode(name: string): void {
     this.nodes.delete(name);
+  }
+
+  /** Adds or replaces an EndpointSlice (discovery.k8s.io/v1), keyed by namespace and name. */
+  setEndpointSlice(slice: KubeObject): void {
+    const stored = this.stamp(slice);
+    this.endpointSlices.set(`${stored.metadata.namespace}/${stored.metadata.name}`, stored);
+  }
+
+  deleteEndpointSlice(namespace: string, name: string): void {
+    this.endpointSlices.delete(`${namespace}/${name}`);
   }
 
   /** The node as the server holds it now, e.g. after patches. */
@@ -105,7 +116,8 @@ export class FakeKube {
   /** Called for every request by the HTTP server. */
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const method = req.method ?? 'GET';
-    const path = new URL(req.url ?? '/', this.url).pathname;
+    const url = new URL(req.url ?? '/', this.url);
+    const path = url.pathname;
     this.requests.push({ method, path });
 
     if (this.down === 'reset') {
@@ -125,6 +137,8 @@ export class FakeKube {
     if (body === null) return send(res, 400, status(400, 'BadRequest', 'the request body is not valid JSON'));
 
     switch (route.verb) {
+      case 'list':
+        return this.listEndpointSlices(res, route.namespace, url.searchParams.get('labelSelector') ?? '');
       case 'get':
         return this.get(res, route);
       case 'patch':
@@ -138,6 +152,15 @@ export class FakeKube {
     const stored = route.resource === 'pods' ? this.pods.get(`${route.namespace}/${route.name}`) : this.nodes.get(route.name);
     if (!stored) return send(res, 404, notFound(route.resource, route.name));
     send(res, 200, stored);
+  }
+
+  /** Only the equality selectors the agent sends (key=value, comma-separated), as the API server applies them. */
+  private listEndpointSlices(res: ServerResponse, namespace: string, selector: string): void {
+    const wanted = selector.split(',').filter(Boolean).map((term) => term.split('=') as [string, string]);
+    const items = [...this.endpointSlices.values()].filter(
+      (slice) => slice.metadata.namespace === namespace && wanted.every(([key, value]) => slice.metadata.labels?.[key] === value),
+    );
+    send(res, 200, { kind: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', metadata: { resourceVersion: String(this.resourceVersion) }, items });
   }
 
   private patchNode(res: ServerResponse, name: string, contentType: string | undefined, body: KubeObject): void {
@@ -234,6 +257,28 @@ export function makeNode(
   };
 }
 
+/** An EndpointSlice of a Service with endpoints on the given nodes, as the EndpointSlice controller writes them. */
+export function makeEndpointSlice(
+  namespace: string,
+  service: string,
+  name: string,
+  endpoints: { node: string; pod: string; ip: string; ready?: boolean; terminating?: boolean }[],
+): KubeObject {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name, namespace, labels: { 'kubernetes.io/service-name': service, 'endpointslice.kubernetes.io/managed-by': 'endpointslice-controller.k8s.io' } },
+    addressType: 'IPv4',
+    endpoints: endpoints.map((endpoint) => ({
+      addresses: [endpoint.ip],
+      conditions: { ready: endpoint.ready ?? true, serving: endpoint.ready ?? true, terminating: endpoint.terminating ?? false },
+      nodeName: endpoint.node,
+      targetRef: { kind: 'Pod', namespace, name: endpoint.pod },
+    })),
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+  };
+}
+
 export function makePod(
   namespace: string,
   name: string,
@@ -272,6 +317,10 @@ interface Route {
 function routeOf(method: string, path: string): Route | undefined {
   const segments = path.split('/').slice(1).map(decodeURIComponent);
   const [api, version, first, second, third, fourth] = segments;
+  // /apis/discovery.k8s.io/v1/namespaces/<ns>/endpointslices
+  if (api === 'apis' && version === 'discovery.k8s.io' && first === 'v1' && second === 'namespaces' && third && fourth === 'endpointslices' && segments.length === 6 && method === 'GET') {
+    return { verb: 'list', resource: 'endpointslices', namespace: third, name: '' };
+  }
   if (api !== 'api' || version !== 'v1') return undefined;
   if (first === 'nodes' && second && segments.length === 4) {
     if (method === 'GET') return { verb: 'get', resource: 'nodes', namespace: '', name: second };
@@ -295,7 +344,8 @@ function notFound(resource: Resource, name: string): KubeObject {
 function forbiddenStatus({ verb, resource, namespace, name }: Route): KubeObject {
   const object = name ? `${resource} "${name}"` : resource;
   const scope = namespace ? `in the namespace "${namespace}"` : 'at the cluster scope';
-  const message = `${object} is forbidden: User "${USER}" cannot ${verb} resource "${resource}" in API group "" ${scope}`;
+  const group = resource === 'endpointslices' ? 'discovery.k8s.io' : '';
+  const message = `${object} is forbidden: User "${USER}" cannot ${verb} resource "${resource}" in API group "${group}" ${scope}`;
   return status(403, 'Forbidden', message, { ...(name ? { name } : {}), kind: resource });
 }
 
