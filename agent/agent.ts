@@ -56,6 +56,8 @@ class Agent implements AgentApi {
   private running: Running | undefined;
   private notReadyBecause = 'starting: finding the instance, VPC and cluster';
   private shuttingDown = false;
+  /** This instance as last looked up, for when AWS cannot be asked at the moment it matters. */
+  private lastKnownSelf: Instance | undefined;
   /** Once this node is being drained from everything, nothing registers it back. */
   private wholeDrainStarted = false;
   private recheck: NodeJS.Timeout | undefined;
@@ -129,6 +131,11 @@ class Agent implements AgentApi {
     this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, services };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
 
+    // Warm the fallback of ownInstance(); not needed to start.
+    this.lastKnownSelf = await drainer.find({ id: self.instanceId }, AbortSignal.timeout(10_000)).catch((error: unknown) => {
+      this.logger.warn({ err: error }, 'could not look up this instance yet; the drain will ask again');
+      return undefined;
+    });
     await this.healExclusion(watcher);
     await services?.load().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the scoped deregistrations to put back'));
     services?.start();
@@ -279,15 +286,28 @@ class Agent implements AgentApi {
     void work.finally(() => this.sideEffects.delete(work));
   }
 
-  /** This instance as AWS knows it now: pods' IPs (ip targets) come and go, so it is looked up per drain. */
+  /**
+   * This instance as AWS knows it now: pods' IPs (ip targets) come and go, so it is looked up per drain,
+   * retried for up to a third of the time left (throttling in a spot wave is likely).
+   */
   private async ownInstance(deadline: Date): Promise<Instance> {
     const { drainer, self, resolved } = this.running!;
-    try {
-      return await drainer.find({ id: self.instanceId }, AbortSignal.timeout(Math.max(1, Math.min(10_000, deadline.getTime() - Date.now()))));
-    } catch (error) {
-      // Without the lookup, the instance id still finds every instance target; ip targets need the addresses.
-      this.logger.error({ err: error }, 'could not look up this instance; draining by id and the IMDS address only');
-      return { id: self.instanceId, vpcId: resolved.placement.vpcId, privateIps: self.privateIp ? [self.privateIp] : [], ipv4Prefixes: [], tags: {} };
+    // Whole milliseconds: AbortSignal.timeout() refuses fractions.
+    const giveUpAt = Date.now() + Math.round(Math.max(1_000, Math.min(15_000, (deadline.getTime() - Date.now()) / 3)));
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.lastKnownSelf = await drainer.find({ id: self.instanceId }, AbortSignal.timeout(Math.max(1, giveUpAt - Date.now())));
+        return this.lastKnownSelf;
+      } catch (error) {
+        if (Date.now() >= giveUpAt - 100) {
+          // The id still finds every instance target; ip targets need the addresses: the last ones seen, and IMDS's.
+          const known = this.lastKnownSelf;
+          this.logger.error({ err: error, lastKnown: known !== undefined }, 'could not look up this instance: draining by id and the last known addresses');
+          const privateIps = [...new Set([...(known?.privateIps ?? []), ...(self.privateIp ? [self.privateIp] : [])])];
+          return { id: self.instanceId, vpcId: resolved.placement.vpcId, privateIps, ipv4Prefixes: known?.ipv4Prefixes ?? [], tags: known?.tags ?? {} };
+        }
+        await backoff(attempt, AbortSignal.timeout(Math.max(1, giveUpAt - Date.now()))).catch(() => undefined);
+      }
     }
   }
 

@@ -12,7 +12,7 @@ import {
   type ElasticLoadBalancingClient,
   type LoadBalancerDescription,
 } from '@aws-sdk/client-elastic-load-balancing';
-import type { CallContext, LoadBalancerFamily, Membership, OutCheck, Scope } from '../drain/family.ts';
+import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
 import { chunks, type InventorySource } from './inventory.ts';
@@ -36,13 +36,19 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     private readonly inventory: InventorySource,
   ) {}
 
-  async memberships(instance: Instance, scope: Scope, ctx: CallContext): Promise<ClassicMembership[]> {
+  async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<ClassicMembership[]> {
     const { classic } = await this.inventory.inventory(ctx.signal);
     const names = [...classic.values()].filter((lb) => inScope(lb.tags, scope)).map((lb) => nameOf(lb.arn));
-    const described = (await Promise.all(chunks(names, NAMES_PER_CALL).map((batch) => this.describe(batch, ctx)))).flat();
-    return described
-      .filter((lb) => lb.VPCId === instance.vpcId && (lb.Instances ?? []).some((member) => member.InstanceId === instance.id))
-      .map((lb) => membership(lb.LoadBalancerName!, instance.id));
+    const isMember = (lb: LoadBalancerDescription) => lb.VPCId === instance.vpcId && (lb.Instances ?? []).some((member) => member.InstanceId === instance.id);
+    // Batch by batch: a batch that cannot be read must not hold up the others' deregistration.
+    const settled = await Promise.allSettled(
+      chunks(names, NAMES_PER_CALL).map(async (batch) => {
+        const found = (await this.describe(batch, ctx)).filter(isMember).map((lb) => membership(lb.LoadBalancerName!, instance.id));
+        found.forEach(ctx.found);
+        return found;
+      }),
+    );
+    return allOrPartial(settled);
   }
 
   async deregister(membership: ClassicMembership, ctx: CallContext): Promise<void> {

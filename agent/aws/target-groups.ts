@@ -15,7 +15,7 @@ import {
   type TargetDescription,
   type TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
-import type { CallContext, LoadBalancerFamily, Membership, OutCheck, Scope } from '../drain/family.ts';
+import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
 import { chunks, type InventorySource } from './inventory.ts';
@@ -40,10 +40,16 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     private readonly inventory: InventorySource,
   ) {}
 
-  async memberships(instance: Instance, scope: Scope, ctx: CallContext): Promise<TargetGroupMembership[]> {
+  async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {
     const groups = await this.groupsInScope(instance.vpcId, scope, ctx);
-    const found = await Promise.all(groups.map((group) => this.membership(group, instance, ctx)));
-    return found.filter((membership): membership is TargetGroupMembership => membership !== undefined);
+    // Each group on its own: one that cannot be read must not hold up the others' deregistration.
+    const settled = await Promise.allSettled(groups.map(async (group) => {
+      const membership = await this.membership(group, instance, ctx);
+      if (!membership) return [];
+      ctx.found(membership);
+      return [membership];
+    }));
+    return allOrPartial(settled);
   }
 
   async deregister(membership: TargetGroupMembership, ctx: CallContext): Promise<void> {

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { isPermanent, explain } from '../aws/errors.ts';
 import type { Logger } from '../log.ts';
 import type { CallContext, LoadBalancerFamily, Membership, Scope } from './family.ts';
-import { describeScope } from './family.ts';
+import { describeScope, PartialDiscoveryError } from './family.ts';
 import type { Instance } from './instance.ts';
 import { backoff } from './retry.ts';
 import type { DrainStatus, LoadBalancerStatus, Trigger } from './status.ts';
@@ -45,22 +45,22 @@ export async function runDrain(
   const problems: string[] = [];
   await Promise.all(
     families.map(async (family) => {
-      const memberships = await discover(family, instance, options.scope, ctx, problems, log);
-      const tracks = memberships.map((membership) => {
+      const takingOut: Promise<void>[] = [];
+      // Each membership is taken out as soon as it is found, while discovery goes on for the rest.
+      await discover(family, instance, options.scope, ctx, problems, log, (membership) => {
         const entry: LoadBalancerStatus = { family: family.name, ...membership.summary, state: 'draining' };
         status.loadBalancers.push(entry);
-        return { membership, entry };
+        if (options.dryRun) {
+          entry.reason = 'dry run: not deregistered';
+          return;
+        }
+        takingOut.push(
+          takeOut(family, membership, entry, ctx, log.child({ family: family.name, loadBalancer: membership.id })).then(() => {
+            if (entry.state !== 'draining') observer.loadBalancerSettled?.(family.name, entry.state);
+          }),
+        );
       });
-      if (options.dryRun) {
-        for (const { entry } of tracks) entry.reason = 'dry run: not deregistered';
-        return;
-      }
-      await Promise.all(
-        tracks.map(async ({ membership, entry }) => {
-          await takeOut(family, membership, entry, ctx, log.child({ family: family.name, loadBalancer: membership.id }));
-          if (entry.state !== 'draining') observer.loadBalancerSettled?.(family.name, entry.state);
-        }),
-      );
+      await Promise.all(takingOut);
     }),
   );
 
@@ -71,7 +71,10 @@ export async function runDrain(
   log[status.state === 'deregistered' || status.state === 'skipped' ? 'info' : 'warn']({ durationMs, status }, `drain ${status.state}`);
 }
 
-/** The memberships of one family, retried until the deadline; a failure is kept in `problems`. */
+/**
+ * Finds one family's memberships and hands each new one to `found`, asking again (until the deadline)
+ * while some load balancers could not be read; a failure that outlasts the deadline is kept in `problems`.
+ */
 async function discover(
   family: LoadBalancerFamily,
   instance: Instance,
@@ -79,26 +82,38 @@ async function discover(
   ctx: CallContext,
   problems: string[],
   log: Logger,
-): Promise<Membership[]> {
+  found: (membership: Membership) => void,
+): Promise<void> {
+  const seen = new Set<string>();
+  const take = (memberships: Membership[]) => {
+    const fresh = memberships.filter((membership) => !seen.has(membership.id));
+    for (const membership of fresh) {
+      seen.add(membership.id);
+      found(membership);
+    }
+    if (fresh.length > 0) log.debug({ family: family.name, found: fresh.map((m) => m.id) }, 'memberships found');
+  };
   for (let attempt = 0; ; attempt++) {
+    let failure: unknown;
     try {
-      const memberships = await family.memberships(instance, scope, ctx);
-      log.debug({ family: family.name, found: memberships.map((m) => m.id) }, 'memberships found');
-      return memberships;
+      take(await family.memberships(instance, scope, { ...ctx, found: (membership) => take([membership]) }));
+      return;
     } catch (error) {
-      const problem = `could not list ${family.name} load balancers: ${explain(error, 'the describe actions')}`;
-      if (ctx.signal.aborted || isPermanent(error)) {
-        problems.push(problem);
-        log.error({ family: family.name, err: error }, problem);
-        return [];
-      }
-      log.warn({ family: family.name, attempt, err: error }, `${problem}; retrying`);
-      try {
-        await backoff(attempt, ctx.signal);
-      } catch {
-        problems.push(problem);
-        return [];
-      }
+      failure = error instanceof PartialDiscoveryError ? error.cause : error;
+      if (error instanceof PartialDiscoveryError) take(error.found);
+    }
+    const problem = `could not list ${family.name} load balancers: ${explain(failure, 'the describe actions')}`;
+    if (ctx.signal.aborted || isPermanent(failure)) {
+      problems.push(problem);
+      log.error({ family: family.name, err: failure }, problem);
+      return;
+    }
+    log.warn({ family: family.name, attempt, err: failure }, `${problem}; retrying`);
+    try {
+      await backoff(attempt, ctx.signal);
+    } catch {
+      problems.push(problem);
+      return;
     }
   }
 }

@@ -29,10 +29,41 @@ export interface CallContext {
   readonly signal: AbortSignal;
 }
 
+export interface DiscoveryContext extends CallContext {
+  readonly found: (membership: Membership) => void;
+}
+
+/**
+ * Some of a family's load balancers could not be read: `found` holds the memberships seen in the
+ * others, so the drain can take those out now and ask again for the rest.
+ */
+export class PartialDiscoveryError<M extends Membership = Membership> extends Error {
+  constructor(
+    readonly found: M[],
+    override readonly cause: unknown,
+  ) {
+    super(cause instanceof Error ? cause.message : String(cause));
+    this.name = 'PartialDiscoveryError';
+  }
+}
+
+/** The fulfilled values of `settled`; throws PartialDiscoveryError with them when any was rejected. */
+export function allOrPartial<M extends Membership>(settled: PromiseSettledResult<M[]>[]): M[] {
+  const found = settled.flatMap((result) => (result.status === 'fulfilled' ? result.value : []));
+  const failure = settled.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+  if (failure) throw new PartialDiscoveryError(found, failure.reason);
+  return found;
+}
+
 export interface LoadBalancerFamily<M extends Membership = Membership> {
   /** As the drain status names it: "classic", "target-group". */
   readonly name: string;
-  memberships(instance: Instance, scope: Scope, ctx: CallContext): Promise<M[]>;
+  /**
+   * Every membership of the instance in scope. Each is also handed to `ctx.found` the moment it is
+   * known, so a slow load balancer does not hold up the others. Throws PartialDiscoveryError when some
+   * load balancers could not be read but others were.
+   */
+  memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<M[]>;
   deregister(membership: M, ctx: CallContext): Promise<void>;
   isOut(membership: M, ctx: CallContext): Promise<OutCheck>;
   /** Puts the instance back where a scoped drain took it out: the same load balancer, the same ports. */

@@ -72,24 +72,31 @@ export function createApiServer(options: ApiServerOptions): Server {
       requestTimeout: 10_000,
       keepAliveTimeout: 5_000,
       maxHeaderSize: 8 * 1024,
+      // How often those timeouts are enforced; Node's default (30 s) would let slow clients linger.
+      connectionsCheckingInterval: 1_000,
     },
     (req, res) => {
       const started = Date.now();
+      // Read now: once a client has hung up, its socket no longer knows its address.
+      const client = req.socket.remoteAddress ?? 'unknown';
+      const path = (req.url ?? '').split('?')[0]; // the path only: the query may hold the secret
       let route = 'other';
-      void handle(req, res, options, limiter, (name) => (route = name))
+      void handle(req, res, client, options, limiter, (name) => (route = name))
         .catch((error: unknown) => {
+          if (res.destroyed || req.socket.destroyed) return; // the client went away; nobody to answer
           const httpError = error instanceof HttpError ? error : undefined;
-          if (!httpError) options.logger.error({ err: error }, 'API request failed unexpectedly');
+          if (!httpError) options.logger.error({ err: error, path }, 'API request failed unexpectedly');
           if (!res.headersSent) sendJson(res, httpError?.status ?? 500, { error: httpError?.message ?? 'internal error' }, httpError?.headers);
         })
         .finally(() => {
-          options.metrics.apiRequests.inc({ route, code: String(res.statusCode) });
-          // The path only: the query may hold the secret.
-          const path = (req.url ?? '').split('?')[0];
-          options.logger.debug({ method: req.method, path, status: res.statusCode, ms: Date.now() - started, client: req.socket.remoteAddress }, 'api request');
+          const code = res.headersSent ? String(res.statusCode) : 'aborted';
+          options.metrics.apiRequests.inc({ route, code });
+          options.logger.debug({ method: req.method, path, status: code, ms: Date.now() - started, client }, 'api request');
         });
     },
   );
+  // Enough for every node's preStop hooks at once; beyond it, connections are refused, not queued.
+  server.maxConnections = 1024;
   server.maxHeadersCount = 64;
   server.maxRequestsPerSocket = 100;
   server.on('clientError', (_error, socket) => {
@@ -99,7 +106,14 @@ export function createApiServer(options: ApiServerOptions): Server {
   return server;
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, options: ApiServerOptions, limiter: GuessLimiter, setRoute: (route: string) => void): Promise<void> {
+async function handle(
+  req: IncomingMessage,
+  res: ServerResponse,
+  client: string,
+  options: ApiServerOptions,
+  limiter: GuessLimiter,
+  setRoute: (route: string) => void,
+): Promise<void> {
   let url: URL;
   try {
     url = new URL(req.url ?? '/', 'http://agent');
@@ -128,9 +142,10 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: ApiSer
     const isStatus = pathname !== '/drain';
     setRoute(isStatus ? 'drain-status' : 'drain');
     allowMethods(req, isStatus ? ['GET', 'HEAD'] : ['POST']);
-    authenticate(req, url.searchParams, options.secret, limiter);
+    authenticate(req, client, url.searchParams, options.secret, limiter);
     await drainBody(req);
-    return isStatus ? statusRoute(res, decodeURIComponent(pathname.slice('/drain/'.length)), options.agent) : drainRoute(req, res, url.searchParams, options.agent);
+    // An instance id needs no decoding: taken as sent, anything else is simply not an id.
+    return isStatus ? statusRoute(res, pathname.slice('/drain/'.length), options.agent) : drainRoute(res, url.searchParams, options.agent);
   }
   throw new HttpError(404, `no such endpoint ${JSON.stringify(pathname)}: see the README for POST /drain, GET /drain/<instance-id>, /healthz, /readyz, /metrics`);
 }
@@ -139,8 +154,7 @@ function allowMethods(req: IncomingMessage, methods: string[]): void {
   if (!methods.includes(req.method ?? '')) throw new HttpError(405, `method ${req.method} is not allowed here: use ${methods.join(' or ')}`, { allow: methods.join(', ') });
 }
 
-function authenticate(req: IncomingMessage, query: URLSearchParams, secret: string, limiter: GuessLimiter): void {
-  const address = req.socket.remoteAddress ?? 'unknown';
+function authenticate(req: IncomingMessage, address: string, query: URLSearchParams, secret: string, limiter: GuessLimiter): void {
   if (!limiter.allows(address)) {
     throw new HttpError(429, 'too many failed attempts from this address: wait and try again', { 'retry-after': String(limiter.retryAfterSeconds(address)) });
   }
@@ -169,7 +183,7 @@ function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): 
   sendJson(res, 200, status);
 }
 
-async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, agent: AgentApi): Promise<void> {
+async function drainRoute(res: ServerResponse, query: URLSearchParams, agent: AgentApi): Promise<void> {
   const request = parseDrainRequest(query);
   const wait = parseBoolean(query, 'wait');
 
@@ -190,7 +204,6 @@ async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLS
   // The drain goes on if the client hangs up: it was asked for, and it is idempotent.
   const status = await handle.done;
   sendJson(res, httpStatusOf(status), status, { location });
-  void req;
 }
 
 function httpStatusOf(status: DrainStatus): number {
