@@ -303,9 +303,9 @@ describe('chart: every option on (test/fixtures/values-all.yaml)', () => {
     assert.equal(pod.terminationGracePeriodSeconds, 360);
   });
 
-  it('grants list and watch on EndpointSlices for local service drains, and nothing more', () => {
+  it('grants list (it polls; no watch) on EndpointSlices for local service drains, and nothing more', () => {
     const role = only(objects, 'ClusterRole');
-    assert.deepEqual(role.rules.at(-1), { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] });
+    assert.deepEqual(role.rules.at(-1), { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list'] });
     assert.equal(role.rules.length, 4);
   });
 
