@@ -7,6 +7,7 @@ import type { Server } from 'node:http';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { drainHeldByHook, type LifecycleHolder } from './aws/lifecycle.ts';
+import type { TaggedInventory } from './aws/inventory.ts';
 import { createAwsProvider } from './aws/provider.ts';
 import { describeConfig, type Config } from './config.ts';
 import type { DrainHandle } from './drain/drainer.ts';
@@ -40,6 +41,7 @@ interface Running {
   readonly drainer: Drainer;
   readonly watcher: NoticesWatcher;
   readonly lifecycle: LifecycleHolder;
+  readonly inventory: TaggedInventory;
   /** With LOCAL_SERVICE_DRAIN and Kubernetes access: scoped drains of this node, and putting them back. */
   readonly services: LocalServices | undefined;
 }
@@ -127,8 +129,9 @@ class Agent implements AgentApi {
       onPollError: () => this.metrics.imdsErrors.inc(),
     });
     const services = this.localServices(provider.families, self);
+    if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
     if (this.stop.signal.aborted) return;
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, services };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
 
     // Warm the fallback of ownInstance(); not needed to start.
@@ -366,6 +369,7 @@ class Agent implements AgentApi {
     this.stop.abort();
     clearInterval(this.recheck);
     this.running?.services?.stop();
+    this.running?.inventory.stop();
     // A second signal means: stop now.
     const again = () => {
       this.logger.warn('second signal: abandoning running drains');

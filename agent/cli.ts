@@ -146,6 +146,8 @@ Environment:
   MAX_CONCURRENT_DRAINS  drains that may run at once (default 16)
   TERMINATION_GRACE_PERIOD
                          the pod's grace period in seconds: bounds a drain started by SIGTERM (default 30)
+  INVENTORY_REFRESH      seconds between refreshes of the kept list of cluster load balancers, which a drain
+                         starts from without waiting for the tagging API; 0 keeps none (default 1800)
   LOCAL_SERVICE_DRAIN    true: a scoped drain of this node (--service, ?service=) waits for the Service's last
                          ready local endpoint, and the node is registered back when one is ready again
                          (default false)

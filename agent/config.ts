@@ -45,6 +45,8 @@ export interface Config {
    * while another local endpoint is ready), and the node is registered back when one is ready again.
    */
   readonly localServiceDrain: boolean;
+  /** INVENTORY_REFRESH: how often the kept inventory of cluster load balancers is refreshed; 0 keeps none. */
+  readonly inventoryRefreshMs: number;
   /** ASG_LIFECYCLE_HOOK: how an Auto Scaling termination is held while the drain runs. */
   readonly lifecycleHook: HookSetting;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
@@ -169,6 +171,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     maxConcurrentDrains: read.integer('MAX_CONCURRENT_DRAINS', 16, 1, 1000),
     terminationGracePeriodMs: read.seconds('TERMINATION_GRACE_PERIOD', 30, 1, 24 * 3600),
     localServiceDrain: read.boolean('LOCAL_SERVICE_DRAIN', false),
+    inventoryRefreshMs: read.seconds('INVENTORY_REFRESH', 1800, 0, 86_400),
     lifecycleHook: hookSetting(read.matching('ASG_LIFECYCLE_HOOK', HOOK, 'auto, off, or a lifecycle hook name (letters, digits, "-", "_", "/"; up to 255)')),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',

@@ -11,6 +11,9 @@ await build({
   platform: 'node',
   target: 'node20',
   format: 'esm',
+  // Minified (names kept for readable stack traces): every node parses this at start and holds it in memory.
+  minify: true,
+  keepNames: true,
   sourcemap: 'linked',
   legalComments: 'linked',
   define: { AGENT_VERSION: JSON.stringify(version) },

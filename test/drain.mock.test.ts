@@ -451,7 +451,7 @@ function wire(clients: Clients, calls: CallLog): Agent {
   const logger = silentLogger();
   const inventory = new TaggedInventory(clients, CLUSTER, logger);
   const lookup = new Ec2InstanceLookup(clients.ec2, VPC);
-  const families = [new ClassicFamily(clients.elb, inventory), new TargetGroupFamily(clients.elbv2, inventory)];
+  const families = [new ClassicFamily(clients.elb, inventory, logger), new TargetGroupFamily(clients.elbv2, inventory, logger)];
   const agent = { drainer: new Drainer({ lookup, families, calls, logger, maxConcurrent: 8 }), lookup };
   agents.push(agent);
   return agent;

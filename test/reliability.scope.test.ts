@@ -190,7 +190,7 @@ describe('random worlds (fast-check, in process against moto)', () => {
           const inventory = new TaggedInventory(clients, CLUSTER, silentLogger());
           const drainer = new Drainer({
             lookup: new Ec2InstanceLookup(clients.ec2, built.clusterVpc),
-            families: [new ClassicFamily(clients.elb, inventory), new TargetGroupFamily(clients.elbv2, inventory)],
+            families: [new ClassicFamily(clients.elb, inventory, silentLogger()), new TargetGroupFamily(clients.elbv2, inventory, silentLogger())],
             calls: clients.calls,
             logger: silentLogger(),
             maxConcurrent: 4,

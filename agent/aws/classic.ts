@@ -15,7 +15,8 @@ import {
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
-import { chunks, type InventorySource } from './inventory.ts';
+import { chunks, fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
+import type { Logger } from '../log.ts';
 import { inScope } from './tags.ts';
 
 export interface ClassicMembership extends Membership {
@@ -34,10 +35,14 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   constructor(
     private readonly elb: ElasticLoadBalancingClient,
     private readonly inventory: InventorySource,
+    private readonly logger: Logger,
   ) {}
 
   async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<ClassicMembership[]> {
-    const { classic } = await this.inventory.inventory(ctx.signal);
+    return fromKnownThenFresh(this.inventory, ctx.signal, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
+  }
+
+  private async membershipsIn({ classic }: Inventory, instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<ClassicMembership[]> {
     const names = [...classic.values()].filter((lb) => inScope(lb.tags, scope)).map((lb) => nameOf(lb.arn));
     const isMember = (lb: LoadBalancerDescription) => lb.VPCId === instance.vpcId && (lb.Instances ?? []).some((member) => member.InstanceId === instance.id);
     // Batch by batch: a batch that cannot be read must not hold up the others' deregistration.

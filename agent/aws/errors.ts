@@ -20,6 +20,13 @@ export function errorMessage(error: unknown): string {
 
 const PERMISSION_CODES = new Set(['AccessDenied', 'AccessDeniedException', 'UnauthorizedOperation', 'UnauthorizedAccess']);
 
+const THROTTLING_CODES = new Set(['Throttling', 'ThrottlingException', 'RequestLimitExceeded', 'TooManyRequestsException', 'RequestThrottled', 'SlowDown']);
+
+/** The API's rate limit: everybody in the account shares it, so back off longer than for other errors. */
+export function isThrottling(error: unknown): boolean {
+  return THROTTLING_CODES.has(errorCode(error) ?? '');
+}
+
 export function isPermissionError(error: unknown): boolean {
   const code = errorCode(error);
   return code !== undefined && PERMISSION_CODES.has(code);

@@ -5,8 +5,10 @@
  * DescribeTags limit), which costs calls in proportion to the region's size, and says so once.
  *
  * Concurrent callers share one inventory in flight: both families of a drain, and drains of several
- * instances at once, ask for it together and pay for it once. Nothing is cached beyond that, so a
- * drain always sees load balancers created a moment ago.
+ * instances at once, ask for it together and pay for it once. The agent also keeps the last inventory
+ * (refreshed in the background, with jitter), so that a drain starts from it at once, without waiting
+ * for the tagging API that a whole spot wave is calling at the same moment, and still asks for a fresh
+ * one to catch load balancers created since.
  */
 import {
   DescribeTagsCommand as DescribeClassicTagsCommand,
@@ -20,6 +22,7 @@ import {
   type ElasticLoadBalancingV2Client,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { paginateGetResources, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
+import { allOrPartial, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
 import { isPermissionError } from './errors.ts';
 import { clusterTagFilters, inCluster, tagsFromList, type Tags } from './tags.ts';
@@ -39,6 +42,9 @@ export interface Inventory {
 }
 
 export interface InventorySource {
+  /** The last inventory fetched, if any: where a drain starts. */
+  known(): Inventory | undefined;
+  /** A fresh inventory; it becomes the known one. */
   inventory(signal: AbortSignal): Promise<Inventory>;
 }
 
@@ -48,7 +54,9 @@ const RESOURCE_TYPES = ['elasticloadbalancing:loadbalancer', 'elasticloadbalanci
 
 export class TaggedInventory implements InventorySource {
   private inFlight: Promise<Inventory> | undefined;
+  private last: Inventory | undefined;
   private taggingDenied = false;
+  private refresher: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly clients: {
@@ -60,13 +68,36 @@ export class TaggedInventory implements InventorySource {
     private readonly logger: Logger,
   ) {}
 
+  known(): Inventory | undefined {
+    return this.last;
+  }
+
   inventory(signal: AbortSignal): Promise<Inventory> {
     // Shared by whoever asks while it runs; the first caller's signal bounds it, and a caller that
     // comes later with a later deadline simply asks again once this one settled.
-    this.inFlight ??= this.fetch(signal).finally(() => {
-      this.inFlight = undefined;
-    });
+    this.inFlight ??= this.fetch(signal)
+      .then((inventory) => (this.last = inventory))
+      .finally(() => {
+        this.inFlight = undefined;
+      });
     return this.inFlight;
+  }
+
+  /** Fetches now, then about every `intervalMs` (between half and one and a half times it, so nodes spread out). */
+  refreshEvery(intervalMs: number): void {
+    const refresh = () => {
+      this.inventory(AbortSignal.timeout(60_000))
+        .catch((error: unknown) => this.logger.warn({ err: error }, 'could not refresh the inventory of cluster load balancers; a drain will ask again'))
+        .finally(() => {
+          this.refresher = setTimeout(refresh, Math.round(intervalMs * (0.5 + Math.random())));
+          this.refresher.unref();
+        });
+    };
+    refresh();
+  }
+
+  stop(): void {
+    clearTimeout(this.refresher);
   }
 
   private async fetch(signal: AbortSignal): Promise<Inventory> {
@@ -174,6 +205,35 @@ function classify(found: ReadonlyMap<string, Tags>): Inventory {
 function classicArn(name: string): string {
   // Only the name matters to classify(); the region and account parts are not used.
   return `arn:aws:elasticloadbalancing:::loadbalancer/${name}`;
+}
+
+/**
+ * Memberships found from the known inventory at once (handed on as they come), then from what a fresh
+ * inventory adds. Without a known inventory, the fresh one is needed; with one, a fresh one that cannot
+ * be had (throttled in a spot wave) is only a warning.
+ */
+export async function fromKnownThenFresh<M extends Membership>(
+  source: InventorySource,
+  signal: AbortSignal,
+  logger: Logger,
+  find: (inventory: Inventory) => Promise<M[]>,
+): Promise<M[]> {
+  const known = source.known();
+  if (!known) return find(await source.inventory(signal));
+  const fresh = source.inventory(signal).then(
+    (inventory) => find(added(known, inventory)),
+    (error: unknown) => {
+      logger.warn({ err: error }, 'no fresh inventory of cluster load balancers: using the one kept from before');
+      return [];
+    },
+  );
+  return allOrPartial(await Promise.allSettled([find(known), fresh]));
+}
+
+/** What `fresh` holds that `known` does not. */
+function added(known: Inventory, fresh: Inventory): Inventory {
+  const only = <K, V>(fresh: ReadonlyMap<K, V>, known: ReadonlyMap<K, V>) => new Map([...fresh].filter(([key]) => !known.has(key)));
+  return { classic: only(fresh.classic, known.classic), loadBalancers: only(fresh.loadBalancers, known.loadBalancers), targetGroups: only(fresh.targetGroups, known.targetGroups) };
 }
 
 export function chunks<T>(items: readonly T[], size: number): T[][] {

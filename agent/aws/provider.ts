@@ -24,14 +24,17 @@ export interface AwsProvider {
   readonly lookup: InstanceLookup;
   readonly families: readonly LoadBalancerFamily[];
   readonly lifecycle: LifecycleHolder;
+  /** The cluster's load balancers, kept for drains to start from (the agent refreshes it). */
+  readonly inventory: TaggedInventory;
 }
 
 export function createAwsProvider(clients: AwsClients, placement: Placement, hooks: HookSetting, logger: Logger): AwsProvider {
   const inventory = new TaggedInventory(clients, placement.clusterName, logger);
   return {
     lookup: new Ec2InstanceLookup(clients.ec2, placement.vpcId),
-    families: [new ClassicFamily(clients.elb, inventory), new TargetGroupFamily(clients.elbv2, inventory)],
+    families: [new ClassicFamily(clients.elb, inventory, logger), new TargetGroupFamily(clients.elbv2, inventory, logger)],
     lifecycle: new LifecycleHolder(clients.autoscaling, hooks, logger.child({ component: 'lifecycle' })),
+    inventory,
   };
 }
 

@@ -18,7 +18,8 @@ import {
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
-import { chunks, type InventorySource } from './inventory.ts';
+import { chunks, fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
+import type { Logger } from '../log.ts';
 import { cidrContains } from './ipv4.ts';
 import { inScope, type Tags } from './tags.ts';
 
@@ -38,10 +39,15 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   constructor(
     private readonly elbv2: ElasticLoadBalancingV2Client,
     private readonly inventory: InventorySource,
+    private readonly logger: Logger,
   ) {}
 
   async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {
-    const groups = await this.groupsInScope(instance.vpcId, scope, ctx);
+    return fromKnownThenFresh(this.inventory, ctx.signal, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
+  }
+
+  private async membershipsIn(inventory: Inventory, instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {
+    const groups = await this.groupsInScope(inventory, instance.vpcId, scope, ctx);
     // Each group on its own: one that cannot be read must not hold up the others' deregistration.
     const settled = await Promise.allSettled(groups.map(async (group) => {
       const membership = await this.membership(group, instance, ctx);
@@ -103,8 +109,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   }
 
   /** Target groups in the VPC, tagged themselves or through a tagged load balancer, of a type we can drain. */
-  private async groupsInScope(vpcId: string, scope: Scope, ctx: CallContext): Promise<TargetGroup[]> {
-    const { loadBalancers, targetGroups } = await this.inventory.inventory(ctx.signal);
+  private async groupsInScope({ loadBalancers, targetGroups }: Inventory, vpcId: string, scope: Scope, ctx: CallContext): Promise<TargetGroup[]> {
     const byArn = new Map<string, TargetGroup>();
     // A target group's scope tags may sit on it or on any of its load balancers.
     const tagsOf = (group: TargetGroup): Tags[] => [

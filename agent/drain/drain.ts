@@ -4,7 +4,7 @@
  * others; transient errors are retried until the deadline, permanent ones are reported at once.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isPermanent, explain } from '../aws/errors.ts';
+import { isPermanent, isThrottling, explain } from '../aws/errors.ts';
 import type { Logger } from '../log.ts';
 import type { CallContext, LoadBalancerFamily, Membership, Scope } from './family.ts';
 import { describeScope, PartialDiscoveryError } from './family.ts';
@@ -24,9 +24,24 @@ export interface DrainObserver {
   finished?(status: DrainStatus, durationMs: number): void;
 }
 
-/** How often a deregistered membership is asked whether it is out yet: soon at first, then less often. */
+/**
+ * How often a deregistered membership is asked whether it is out yet: soon at first (moto, and load
+ * balancers without a deregistration delay, let go at once), then every 15 s at most, because a
+ * spot wave's nodes all wait through minutes of connection draining on one shared describe budget.
+ */
 const FIRST_CHECK_MS = 500;
-const MAX_CHECK_MS = 5_000;
+const MAX_CHECK_MS = 15_000;
+/** Retries after a throttle start later than after other errors: the account's whole budget is short. */
+const RETRY_BASE_MS = 250;
+const THROTTLED_RETRY_BASE_MS = 1_000;
+
+const retryDelay = (attempt: number, error: unknown, signal: AbortSignal) => backoff(attempt, signal, isThrottling(error) ? THROTTLED_RETRY_BASE_MS : RETRY_BASE_MS);
+
+/** What kept a drain from success: load balancers that could not be listed for good, or not before the deadline. */
+interface Shortfall {
+  readonly failures: string[];
+  readonly unfinished: string[];
+}
 
 export async function runDrain(
   instance: Instance,
@@ -42,12 +57,12 @@ export async function runDrain(
   const ctx: CallContext = { signal };
   log.info({ deadline: options.deadline.toISOString(), dryRun: options.dryRun }, 'drain started');
 
-  const problems: string[] = [];
+  const shortfall: Shortfall = { failures: [], unfinished: [] };
   await Promise.all(
     families.map(async (family) => {
       const takingOut: Promise<void>[] = [];
       // Each membership is taken out as soon as it is found, while discovery goes on for the rest.
-      await discover(family, instance, options.scope, ctx, problems, log, (membership) => {
+      await discover(family, instance, options.scope, ctx, shortfall, log, (membership) => {
         const entry: LoadBalancerStatus = { family: family.name, ...membership.summary, state: 'draining' };
         status.loadBalancers.push(entry);
         if (options.dryRun) {
@@ -64,7 +79,7 @@ export async function runDrain(
     }),
   );
 
-  settle(status, problems, options.dryRun);
+  settle(status, shortfall, options.dryRun);
   status.finishedAt = new Date().toISOString();
   const durationMs = Date.now() - started;
   observer.finished?.(status, durationMs);
@@ -73,14 +88,14 @@ export async function runDrain(
 
 /**
  * Finds one family's memberships and hands each new one to `found`, asking again (until the deadline)
- * while some load balancers could not be read; a failure that outlasts the deadline is kept in `problems`.
+ * while some load balancers could not be read; what stays unread is kept in `shortfall`.
  */
 async function discover(
   family: LoadBalancerFamily,
   instance: Instance,
   scope: Scope,
   ctx: CallContext,
-  problems: string[],
+  shortfall: Shortfall,
   log: Logger,
   found: (membership: Membership) => void,
 ): Promise<void> {
@@ -103,16 +118,17 @@ async function discover(
       if (error instanceof PartialDiscoveryError) take(error.found);
     }
     const problem = `could not list ${family.name} load balancers: ${explain(failure, 'the describe actions')}`;
-    if (ctx.signal.aborted || isPermanent(failure)) {
-      problems.push(problem);
+    if (isPermanent(failure)) {
+      shortfall.failures.push(problem);
       log.error({ family: family.name, err: failure }, problem);
       return;
     }
     log.warn({ family: family.name, attempt, err: failure }, `${problem}; retrying`);
     try {
-      await backoff(attempt, ctx.signal);
+      if (ctx.signal.aborted) throw failure;
+      await retryDelay(attempt, failure, ctx.signal);
     } catch {
-      problems.push(problem);
+      shortfall.unfinished.push(`${problem} before the deadline`);
       return;
     }
   }
@@ -163,7 +179,7 @@ async function failOrWait(error: unknown, attempt: number, entry: LoadBalancerSt
   entry.reason = `retrying after: ${explain(error, action)}`;
   log.warn({ err: error, step, attempt }, `${step} failed; retrying`);
   try {
-    await backoff(attempt, ctx.signal);
+    await retryDelay(attempt, error, ctx.signal);
     return true;
   } catch {
     return false;
@@ -171,18 +187,19 @@ async function failOrWait(error: unknown, attempt: number, entry: LoadBalancerSt
 }
 
 /** The overall state, from what each load balancer reached: success only where every one was seen out. */
-function settle(status: DrainStatus, problems: string[], dryRun: boolean): void {
+function settle(status: DrainStatus, { failures, unfinished }: Shortfall, dryRun: boolean): void {
   const draining = status.loadBalancers.filter((lb) => lb.state === 'draining').length;
   const failed = status.loadBalancers.filter((lb) => lb.state === 'failed').length;
+  const problems = [...failures, ...unfinished];
   if (dryRun) {
     status.state = problems.length > 0 ? 'failed' : 'skipped';
     status.reason = [`dry run: would deregister from ${status.loadBalancers.length} load balancer(s), changed nothing`, ...problems].join('; ');
-  } else if (draining > 0) {
+  } else if (draining > 0 || unfinished.length > 0) {
     status.state = 'timed_out';
-    status.reason = [`deadline passed with ${draining} load balancer(s) not yet out`, ...problems].join('; ');
-  } else if (failed > 0 || problems.length > 0) {
+    status.reason = [...(draining > 0 ? [`deadline passed with ${draining} load balancer(s) not yet out`] : []), ...problems].join('; ');
+  } else if (failed > 0 || failures.length > 0) {
     status.state = 'failed';
-    status.reason = [...(failed > 0 ? [`${failed} load balancer(s) failed`] : []), ...problems].join('; ');
+    status.reason = [...(failed > 0 ? [`${failed} load balancer(s) failed`] : []), ...failures].join('; ');
   } else {
     status.state = 'deregistered';
     if (status.loadBalancers.length === 0) status.reason = 'not registered with any load balancer in scope';

@@ -47,11 +47,24 @@ export class PartialDiscoveryError<M extends Membership = Membership> extends Er
   }
 }
 
-/** The fulfilled values of `settled`; throws PartialDiscoveryError with them when any was rejected. */
+/**
+ * The memberships of `settled`, the found part of a partial failure included; throws
+ * PartialDiscoveryError with all of them when any part failed.
+ */
 export function allOrPartial<M extends Membership>(settled: PromiseSettledResult<M[]>[]): M[] {
-  const found = settled.flatMap((result) => (result.status === 'fulfilled' ? result.value : []));
-  const failure = settled.find((result): result is PromiseRejectedResult => result.status === 'rejected');
-  if (failure) throw new PartialDiscoveryError(found, failure.reason);
+  const found: M[] = [];
+  let failure: { cause: unknown } | undefined;
+  for (const result of settled) {
+    if (result.status === 'fulfilled') {
+      found.push(...result.value);
+    } else if (result.reason instanceof PartialDiscoveryError) {
+      found.push(...(result.reason.found as M[]));
+      failure ??= { cause: result.reason.cause };
+    } else {
+      failure ??= { cause: result.reason };
+    }
+  }
+  if (failure) throw new PartialDiscoveryError(found, failure.cause);
   return found;
 }
 
