@@ -53,6 +53,12 @@ export interface ApiServerOptions {
 const MAX_BODY_BYTES = 16 * 1024;
 const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout', 'asg']);
 
+/** Answers to requests Node's parser refuses before they reach a handler. */
+const CLIENT_ERROR_STATUS: Record<string, string> = {
+  ERR_HTTP_REQUEST_TIMEOUT: '408 Request Timeout',
+  HPE_HEADER_OVERFLOW: '431 Request Header Fields Too Large',
+};
+
 class HttpError extends Error {
   constructor(
     readonly status: number,
@@ -99,9 +105,10 @@ export function createApiServer(options: ApiServerOptions): Server {
   server.maxConnections = 1024;
   server.maxHeadersCount = 64;
   server.maxRequestsPerSocket = 100;
-  server.on('clientError', (_error, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-    else socket.destroy();
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return void socket.destroy();
+    const status = CLIENT_ERROR_STATUS[error.code ?? ''] ?? '400 Bad Request';
+    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   });
   return server;
 }
@@ -165,15 +172,26 @@ function authenticate(req: IncomingMessage, address: string, query: URLSearchPar
   }
 }
 
-/** Reads and discards a body, refusing one that is too large. */
-async function drainBody(req: IncomingMessage): Promise<void> {
-  const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > MAX_BODY_BYTES) throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes): parameters go in the query string`);
-  let received = 0;
-  for await (const chunk of req) {
-    received += (chunk as Buffer).length;
-    if (received > MAX_BODY_BYTES) throw new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes): parameters go in the query string`);
-  }
+/**
+ * Reads and discards a body, refusing one that is too large. It stops reading then, but leaves the
+ * socket to the answer: destroying the request would destroy the connection before the 413 is sent.
+ */
+function drainBody(req: IncomingMessage): Promise<void> {
+  const tooLarge = () => new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes): parameters go in the query string`, { connection: 'close' });
+  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    let received = 0;
+    const onData = (chunk: Buffer) => {
+      received += chunk.length;
+      if (received <= MAX_BODY_BYTES) return;
+      req.off('data', onData);
+      req.pause();
+      reject(tooLarge());
+    };
+    req.on('data', onData);
+    req.once('end', resolve);
+    req.once('error', reject);
+  });
 }
 
 function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): void {
