@@ -27,7 +27,7 @@ import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { imdsFor, resolvePlacement, type Resolved } from './placement.ts';
 import { LocalServices } from './services/local-services.ts';
-import { classifyShutdown } from './shutdown.ts';
+import { classifyShutdown, nodeGoingAway } from './shutdown.ts';
 
 /** Start-up tries IMDS and AWS this many times (about a minute) before giving up with the reason. */
 const START_ATTEMPTS = 12;
@@ -129,18 +129,21 @@ class Agent implements AgentApi {
       onPollError: () => this.metrics.imdsErrors.inc(),
     });
     const services = this.localServices(provider.families, self);
-    if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
-    if (this.stop.signal.aborted) return;
+    // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
+    if (this.stop.signal.aborted) return resolved.clients.destroy();
     this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
+    if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
 
     // Warm the fallback of ownInstance(); not needed to start.
     this.lastKnownSelf = await drainer.find({ id: self.instanceId }, AbortSignal.timeout(10_000)).catch((error: unknown) => {
       this.logger.warn({ err: error }, 'could not look up this instance yet; the drain will ask again');
       return undefined;
     });
+    if (this.stop.signal.aborted) return;
     await this.healExclusion(watcher);
     await services?.load().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the scoped deregistrations to put back'));
+    if (this.stop.signal.aborted) return;
     services?.start();
     watcher.start();
     this.logger.info({ instanceId: self.instanceId }, 'ready: watching IMDS for notices');
@@ -190,7 +193,7 @@ class Agent implements AgentApi {
         this.logger.info({ notices: notices.map((n) => n.kind) }, 'termination notice present on start: the exclusion stays');
         return;
       }
-      await this.keeper.liftOwnExclusion();
+      await this.keeper.liftOwnExclusion(nodeGoingAway);
     } catch (error) {
       this.logger.warn({ err: error }, 'could not check whether to lift an earlier exclusion; leaving the node as it is');
     }
@@ -212,10 +215,10 @@ class Agent implements AgentApi {
     if (!running || this.shuttingDown) throw new NotReadyError(this.shuttingDown ? 'shutting down' : this.notReadyBecause);
     const deadline = new Date(Date.now() + (request.timeoutMs ?? this.config.drainTimeoutMs));
     if (request.target === undefined || ('id' in request.target && request.target.id === running.self.instanceId)) {
-      return this.drainSelf('api', deadline, request.scope, request.asg);
+      return this.drainSelf('api', deadline, request.scope, request);
     }
     const instance = await running.drainer.find(request.target, signal);
-    if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope, request.asg);
+    if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope, request);
     const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun });
     return request.asg ? this.heldByHook(instance, handle) : handle;
   }
@@ -233,16 +236,17 @@ class Agent implements AgentApi {
   }
 
   /** Drains this instance; a drain of everything also labels the node and starts the keep-out re-check. */
-  private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, asg = trigger === 'asg-termination'): Promise<DrainHandle> {
+  /** `asg`: hold with the lifecycle hook (an ASG termination always is); `pod`: the caller of a scoped drain, not counted as another endpoint. */
+  private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, { asg = trigger === 'asg-termination', pod }: { asg?: boolean; pod?: string } = {}): Promise<DrainHandle> {
     const { drainer, self, services } = this.running!;
     const instance = await this.ownInstance(deadline);
-    if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services);
+    if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services, pod);
     const whole = scope.kind === 'all' && !this.config.dryRun;
+    const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun }, { own: true });
     if (whole) this.wholeDrainStarted = true;
-    if (whole && this.keeper && this.config.excludeNode) {
+    if (whole && !handle.joined && this.keeper && this.config.excludeNode) {
       this.track(this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again')));
     }
-    const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun });
     if (!handle.joined) {
       this.track(this.keeper?.event('DrainStarted', `Draining ${self.instanceId} (${trigger}) from its load balancers until ${deadline.toISOString()}`, 'Normal'));
       this.track(
@@ -259,18 +263,26 @@ class Agent implements AgentApi {
    * A scoped drain of this node (a preStop hook of an externalTrafficPolicy: Local Service): skipped while
    * another local endpoint of the Service is ready, remembered so the node goes back in later.
    */
-  private async drainSelfFromService(instance: Instance, trigger: Trigger, deadline: Date, scope: Extract<Scope, { kind: 'service' }>, services: LocalServices): Promise<DrainHandle> {
+  private async drainSelfFromService(
+    instance: Instance,
+    trigger: Trigger,
+    deadline: Date,
+    scope: Extract<Scope, { kind: 'service' }>,
+    services: LocalServices,
+    callerPod: string | undefined,
+  ): Promise<DrainHandle> {
     const { drainer } = this.running!;
     const service = `${scope.namespace}/${scope.name}`;
     const options = { trigger, scope, deadline, dryRun: this.config.dryRun };
     try {
-      const others = await services.readyHere(scope.namespace, scope.name);
+      // The caller (a preStop hook) may still be listed as ready: the EndpointSlice controller lags.
+      const others = await services.readyHere(scope.namespace, scope.name, callerPod);
       if (others > 0) return drainer.skip(instance, options, `${others} other ready endpoint(s) of ${service} still run on this node: not deregistering`);
     } catch (error) {
       // Better a drain that is put back later than traffic sent to a pod that is stopping.
       this.logger.warn({ err: error, service }, 'could not read the Service\'s EndpointSlices: draining anyway');
     }
-    const handle = drainer.start(instance, options);
+    const handle = drainer.start(instance, options, { own: true });
     if (handle.joined || this.config.dryRun) return handle;
     // Answered only once the memory is on the Node: a crash right after the answer forgets nothing.
     const done = handle.done.then(async (status) => {
@@ -283,10 +295,11 @@ class Agent implements AgentApi {
     return { ...handle, done };
   }
 
+  /** Side work (events, labels, memory) that shutdown waits for; a failure is logged, never unhandled. */
   private track(work: Promise<unknown> | undefined): void {
     if (!work) return;
-    this.sideEffects.add(work);
-    void work.finally(() => this.sideEffects.delete(work));
+    const settled = work.catch((error: unknown) => this.logger.error({ err: error }, 'side work failed')).finally(() => this.sideEffects.delete(settled));
+    this.sideEffects.add(settled);
   }
 
   /**
@@ -389,11 +402,13 @@ class Agent implements AgentApi {
       });
       this.logger.info({ signal, drain: verdict.drain, reason: verdict.reason }, verdict.drain ? `${signal}: the node is going away, draining it` : `${signal}: not draining`);
       if (verdict.drain) {
-        this.shuttingDown = false; // let drainSelf run; the API is already refusing new work below
-        const handle = await this.drainSelf('sigterm', new Date(graceEnds), ALL).finally(() => (this.shuttingDown = true));
-        clearInterval(this.recheck);
-        const timer = sleep(Math.max(0, graceEnds - Date.now()), undefined, { ref: false }).then(() => running.drainer.abortAll());
-        await Promise.race([handle.done, timer]);
+        try {
+          const handle = await this.drainSelf('sigterm', new Date(graceEnds), ALL);
+          const timer = sleep(Math.max(0, graceEnds - Date.now()), undefined, { ref: false }).then(() => running.drainer.abortAll());
+          await Promise.race([handle.done, timer]);
+        } catch (error) {
+          this.logger.error({ err: error }, 'could not drain this node on SIGTERM');
+        }
       }
       await running.drainer.abortAll();
     }

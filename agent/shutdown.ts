@@ -10,7 +10,7 @@
  */
 import type { SigtermPolicy } from './config.ts';
 import type { Notice } from './imds/notices.ts';
-import type { KubeClient } from './kube/client.ts';
+import type { KubeClient, KubeNode } from './kube/client.ts';
 
 export type Verdict = { readonly drain: boolean; readonly reason: string };
 
@@ -24,6 +24,13 @@ export interface ShutdownEvidence {
 }
 
 const GOING_AWAY_TAINTS = ['ToBeDeletedByClusterAutoscaler', 'karpenter.sh/disrupted', 'karpenter.sh/disruption'];
+
+/** Why the Node itself says it is going away (deleted, or marked by an autoscaler), or undefined. */
+export function nodeGoingAway(node: KubeNode): string | undefined {
+  if (node.metadata.deletionTimestamp) return 'the Node is being deleted';
+  const taint = (node.spec.taints ?? []).find((t) => GOING_AWAY_TAINTS.includes(t.key));
+  return taint ? `the Node carries the ${taint.key} taint` : undefined;
+}
 
 export async function classifyShutdown(evidence: ShutdownEvidence): Promise<Verdict> {
   if (evidence.policy === 'always') return { drain: true, reason: 'SIGTERM_DRAIN=always' };
@@ -39,11 +46,8 @@ export async function classifyShutdown(evidence: ShutdownEvidence): Promise<Verd
   if (notices.status === 'fulfilled' && notices.value.length > 0) {
     return { drain: true, reason: `IMDS shows ${notices.value.map((notice) => notice.kind).join(', ')}` };
   }
-  if (node.status === 'fulfilled') {
-    if (node.value.metadata.deletionTimestamp) return { drain: true, reason: 'the Node is being deleted' };
-    const taint = (node.value.spec.taints ?? []).find((t) => GOING_AWAY_TAINTS.includes(t.key));
-    if (taint) return { drain: true, reason: `the Node carries the ${taint.key} taint` };
-  }
+  const nodeReason = node.status === 'fulfilled' ? nodeGoingAway(node.value) : undefined;
+  if (nodeReason) return { drain: true, reason: nodeReason };
   if (ownPod.status === 'fulfilled') {
     return ownPod.value.metadata.deletionTimestamp
       ? { drain: false, reason: 'the Pod is being deleted through the API (rollout, delete or eviction) and nothing says the node is going away' }

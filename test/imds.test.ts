@@ -237,10 +237,17 @@ describe('notices watcher', () => {
     assert.notEqual(notices[1]?.key, notices[0]?.key);
   });
 
-  it('never puts a deadline in the past', async () => {
+  it('a notice seen too late for the margin still gets a real drain, never a deadline of now', async () => {
+    // 5 s before its time, with a 10 s margin: the margin is gone, the drain still gets a short grace.
     fake.set(SPOT, JSON.stringify({ action: 'terminate', time: '2026-11-27T10:00:05Z' }));
+    const [late] = await watch().watcher.check();
+    assert.equal(late?.deadline?.getTime(), start + 10_000);
+  });
+
+  it('a notice whose time has passed still gets a short drain', async () => {
+    fake.set(SPOT, JSON.stringify({ action: 'terminate', time: new Date(start - 60_000).toISOString() }));
     const [notice] = await watch().watcher.check();
-    assert.equal(notice?.deadline?.getTime(), start);
+    assert.equal(notice?.deadline?.getTime(), start + 10_000);
   });
 
   it('reports an ASG termination, not other lifecycle states', async () => {

@@ -127,6 +127,17 @@ describe('scoped drains of this node (LOCAL_SERVICE_DRAIN=true)', () => {
     assert.deepEqual(remembered.map((entry) => entry.service), ['shop/web', 'shop/web']);
   });
 
+  test('the calling pod (pod=) is not counted, even while its EndpointSlice entry still says ready', async () => {
+    const agent = await startAgent();
+    endpoints([{ node: NODE, pod: 'web-1' }]); // the controller has not marked the stopping pod yet
+    const answer = await agent.fetch('/drain?service=shop/web&pod=web-1&wait=true&timeout=20', { method: 'POST', headers: BEARER });
+    assert.equal(answer.status, 200);
+    assert.equal(((await answer.json()) as DrainStatus).state, 'deregistered');
+    assert.deepEqual(deregisteredFrom(), [world.classic.tagged, world.groups.taggedIp].sort());
+    const bad = await agent.fetch('/drain?service=shop/web&pod=Web_1', { method: 'POST', headers: BEARER });
+    assert.equal(bad.status, 400);
+  });
+
   test('registered back once, on the same port, when a local pod is ready again', async () => {
     const agent = await startAgent();
     endpoints([{ node: NODE, pod: 'web-1', ready: false, terminating: true }]);

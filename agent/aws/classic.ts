@@ -91,8 +91,8 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     );
   }
 
-  fromSummary(summary: Readonly<Record<string, unknown>>, instanceId: string): ClassicMembership | undefined {
-    return typeof summary.name === 'string' && summary.name !== '' ? membership(summary.name, instanceId) : undefined;
+  fromSummary(summary: Readonly<Record<string, unknown>>, instance: Instance): ClassicMembership | undefined {
+    return typeof summary.name === 'string' && summary.name !== '' ? membership(summary.name, instance.id) : undefined;
   }
 
   /** "Unknown" health is transient unless the load balancer no longer lists the instance at all. */

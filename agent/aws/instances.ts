@@ -56,6 +56,7 @@ export class Ec2InstanceLookup implements InstanceLookup {
     const pages = paginateDescribeNetworkInterfaces(
       { client: this.ec2, pageSize: 1000 },
       { Filters: [{ Name: 'vpc-id', Values: [this.vpcId] }] },
+      { abortSignal: signal },
     );
     for await (const page of pages) {
       signal.throwIfAborted();

@@ -17,14 +17,16 @@ import {
 } from '@aws-sdk/client-elastic-load-balancing';
 import {
   DescribeTagsCommand,
+  DescribeTargetGroupsCommand,
   paginateDescribeLoadBalancers,
   paginateDescribeTargetGroups,
   type ElasticLoadBalancingV2Client,
+  type TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { paginateGetResources, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
 import { allOrPartial, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
-import { isPermissionError } from './errors.ts';
+import { errorCode, isPermissionError } from './errors.ts';
 import { clusterTagFilters, inCluster, tagsFromList, type Tags } from './tags.ts';
 
 export interface TaggedResource {
@@ -39,11 +41,17 @@ export interface Inventory {
   readonly loadBalancers: ReadonlyMap<string, TaggedResource>;
   /** Target groups, by ARN. */
   readonly targetGroups: ReadonlyMap<string, TaggedResource>;
+  /**
+   * The descriptions (VPC, target type, load balancers) of every target group in the cluster's scope:
+   * the tagged ones and those of tagged load balancers. They change rarely, so a drain that starts from
+   * a kept inventory asks only for their targets' health.
+   */
+  readonly groups: ReadonlyMap<string, TargetGroup>;
 }
 
 export interface InventorySource {
-  /** The last inventory fetched, if any: where a drain starts. */
-  known(): Inventory | undefined;
+  /** The last inventory fetched, if any, and when: where a drain starts. */
+  known(): { readonly inventory: Inventory; readonly at: number } | undefined;
   /** A fresh inventory; it becomes the known one. */
   inventory(signal: AbortSignal): Promise<Inventory>;
 }
@@ -54,7 +62,7 @@ const RESOURCE_TYPES = ['elasticloadbalancing:loadbalancer', 'elasticloadbalanci
 
 export class TaggedInventory implements InventorySource {
   private inFlight: Promise<Inventory> | undefined;
-  private last: Inventory | undefined;
+  private last: { inventory: Inventory; at: number } | undefined;
   private taggingDenied = false;
   private refresher: NodeJS.Timeout | undefined;
 
@@ -68,19 +76,22 @@ export class TaggedInventory implements InventorySource {
     private readonly logger: Logger,
   ) {}
 
-  known(): Inventory | undefined {
+  known(): { inventory: Inventory; at: number } | undefined {
     return this.last;
   }
 
   inventory(signal: AbortSignal): Promise<Inventory> {
-    // Shared by whoever asks while it runs; the first caller's signal bounds it, and a caller that
-    // comes later with a later deadline simply asks again once this one settled.
+    // Shared by whoever asks while it runs (bounded by the first caller's signal); each caller stops
+    // waiting at its own deadline, and one with a later deadline asks again once this one settled.
     this.inFlight ??= this.fetch(signal)
-      .then((inventory) => (this.last = inventory))
+      .then((inventory) => {
+        this.last = { inventory, at: Date.now() };
+        return inventory;
+      })
       .finally(() => {
         this.inFlight = undefined;
       });
-    return this.inFlight;
+    return untilAborted(this.inFlight, signal);
   }
 
   /** Fetches now, then about every `intervalMs` (between half and one and a half times it, so nodes spread out). */
@@ -101,6 +112,11 @@ export class TaggedInventory implements InventorySource {
   }
 
   private async fetch(signal: AbortSignal): Promise<Inventory> {
+    const tagged = await this.tagged(signal);
+    return { ...tagged, groups: await this.describeGroups(tagged, signal) };
+  }
+
+  private async tagged(signal: AbortSignal): Promise<Tagged> {
     if (!this.taggingDenied) {
       try {
         return await this.fromTaggingApi(signal);
@@ -116,13 +132,14 @@ export class TaggedInventory implements InventorySource {
     return this.byDescribingEverything(signal);
   }
 
-  private async fromTaggingApi(signal: AbortSignal): Promise<Inventory> {
+  private async fromTaggingApi(signal: AbortSignal): Promise<Tagged> {
     const found = new Map<string, Tags>();
     await Promise.all(
       clusterTagFilters(this.clusterName).map(async (filter) => {
         const pages = paginateGetResources(
           { client: this.clients.tagging, pageSize: 100 },
           { ResourceTypeFilters: RESOURCE_TYPES, TagFilters: [{ Key: filter.key, Values: filter.value === undefined ? undefined : [filter.value] }] },
+          { abortSignal: signal },
         );
         for await (const page of pages) {
           signal.throwIfAborted();
@@ -135,7 +152,7 @@ export class TaggedInventory implements InventorySource {
     return classify(found);
   }
 
-  private async byDescribingEverything(signal: AbortSignal): Promise<Inventory> {
+  private async byDescribingEverything(signal: AbortSignal): Promise<Tagged> {
     const found = new Map<string, Tags>();
     const [classicNames, elbv2Arns] = await Promise.all([this.allClassicNames(signal), this.allElbv2Arns(signal)]);
 
@@ -158,10 +175,46 @@ export class TaggedInventory implements InventorySource {
     return classify(found);
   }
 
+  /** The target groups of the tagged load balancers, and the tagged target groups themselves. */
+  private async describeGroups({ loadBalancers, targetGroups }: Tagged, signal: AbortSignal): Promise<Map<string, TargetGroup>> {
+    const [viaLoadBalancers, tagged] = await Promise.all([
+      Promise.all([...loadBalancers.keys()].map((arn) => this.groupsOfLoadBalancer(arn, signal))),
+      Promise.all(chunks([...targetGroups.keys()], ARNS_PER_CALL).map((arns) => this.groupsByArn(arns, signal))),
+    ]);
+    const groups = new Map<string, TargetGroup>();
+    for (const group of [...viaLoadBalancers.flat(), ...tagged.flat()]) if (group.TargetGroupArn) groups.set(group.TargetGroupArn, group);
+    return groups;
+  }
+
+  private async groupsOfLoadBalancer(loadBalancerArn: string, signal: AbortSignal): Promise<TargetGroup[]> {
+    const groups: TargetGroup[] = [];
+    try {
+      for await (const page of paginateDescribeTargetGroups({ client: this.clients.elbv2 }, { LoadBalancerArn: loadBalancerArn, PageSize: 400 }, { abortSignal: signal })) {
+        groups.push(...(page.TargetGroups ?? []));
+      }
+    } catch (error) {
+      // Deleted since it was found: it has no target groups to drain.
+      if (!LOAD_BALANCER_GONE.has(errorCode(error) ?? '')) throw error;
+    }
+    return groups;
+  }
+
+  private async groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
+    try {
+      const answer = await this.clients.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: arns }), { abortSignal: signal });
+      return answer.TargetGroups ?? [];
+    } catch (error) {
+      if (!TARGET_GROUP_GONE.has(errorCode(error) ?? '')) throw error;
+      // One was deleted since it was found: ask one by one so the others are still seen.
+      if (arns.length === 1) return [];
+      return (await Promise.all(arns.map((arn) => this.groupsByArn([arn], signal)))).flat();
+    }
+  }
+
   private async allClassicNames(signal: AbortSignal): Promise<string[]> {
     const names: string[] = [];
     // PageSize goes in the input: the paginator's pageSize is not passed on by this API's paginator.
-    for await (const page of paginateClassicLoadBalancers({ client: this.clients.elb }, { PageSize: 400 })) {
+    for await (const page of paginateClassicLoadBalancers({ client: this.clients.elb }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const lb of page.LoadBalancerDescriptions ?? []) if (lb.LoadBalancerName) names.push(lb.LoadBalancerName);
     }
@@ -170,11 +223,11 @@ export class TaggedInventory implements InventorySource {
 
   private async allElbv2Arns(signal: AbortSignal): Promise<string[]> {
     const arns: string[] = [];
-    for await (const page of paginateDescribeLoadBalancers({ client: this.clients.elbv2 }, { PageSize: 400 })) {
+    for await (const page of paginateDescribeLoadBalancers({ client: this.clients.elbv2 }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const lb of page.LoadBalancers ?? []) if (lb.LoadBalancerArn) arns.push(lb.LoadBalancerArn);
     }
-    for await (const page of paginateDescribeTargetGroups({ client: this.clients.elbv2 }, { PageSize: 400 })) {
+    for await (const page of paginateDescribeTargetGroups({ client: this.clients.elbv2 }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const group of page.TargetGroups ?? []) if (group.TargetGroupArn) arns.push(group.TargetGroupArn);
     }
@@ -187,7 +240,14 @@ export class TaggedInventory implements InventorySource {
 // arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID
 const RESOURCE = /^arn:[^:]+:elasticloadbalancing:[^:]*:[^:]*:(loadbalancer|targetgroup)\/(.+)$/;
 
-function classify(found: ReadonlyMap<string, Tags>): Inventory {
+/** An inventory before its target groups are described. */
+type Tagged = Omit<Inventory, 'groups'>;
+
+const ARNS_PER_CALL = 20;
+const LOAD_BALANCER_GONE = new Set(['LoadBalancerNotFound', 'LoadBalancerNotFoundException']);
+const TARGET_GROUP_GONE = new Set(['TargetGroupNotFound', 'TargetGroupNotFoundException']);
+
+function classify(found: ReadonlyMap<string, Tags>): Tagged {
   const classic = new Map<string, TaggedResource>();
   const loadBalancers = new Map<string, TaggedResource>();
   const targetGroups = new Map<string, TaggedResource>();
@@ -209,8 +269,9 @@ function classicArn(name: string): string {
 
 /**
  * Memberships found from the known inventory at once (handed on as they come), then from what a fresh
- * inventory adds. Without a known inventory, the fresh one is needed; with one, a fresh one that cannot
- * be had (throttled in a spot wave) is only a warning.
+ * inventory adds. Without a known inventory, the fresh one is needed; with one, a fresh one is asked for
+ * only when the known one is older than a minute (a drain's retry does not ask again), and may take
+ * FRESH_WAIT_MS at most: one that cannot be had by then (throttled in a spot wave) is only a warning.
  */
 export async function fromKnownThenFresh<M extends Membership>(
   source: InventorySource,
@@ -218,22 +279,60 @@ export async function fromKnownThenFresh<M extends Membership>(
   logger: Logger,
   find: (inventory: Inventory) => Promise<M[]>,
 ): Promise<M[]> {
-  const known = source.known();
-  if (!known) return find(await source.inventory(signal));
-  const fresh = source.inventory(signal).then(
+  const kept = source.known();
+  if (!kept) return find(await source.inventory(signal));
+  const known = kept.inventory;
+  if (Date.now() - kept.at < FRESH_ENOUGH_MS) return find(known);
+  const fresh = withTimeout(signal, FRESH_WAIT_MS, (bounded) => source.inventory(bounded)).then(
     (inventory) => find(added(known, inventory)),
     (error: unknown) => {
-      logger.warn({ err: error }, 'no fresh inventory of cluster load balancers: using the one kept from before');
+      logger.warn({ err: error, keptFrom: new Date(kept.at).toISOString() }, 'no fresh inventory of cluster load balancers: using the one kept from before');
       return [];
     },
   );
   return allOrPartial(await Promise.allSettled([find(known), fresh]));
 }
 
+/** A kept inventory this young is used as it is. */
+const FRESH_ENOUGH_MS = 60_000;
+/** How long a drain that has a kept inventory waits for a fresh one. */
+const FRESH_WAIT_MS = 10_000;
+
+/** Runs `work` with a signal that aborts with `signal` or after `ms`, whichever is first. */
+async function withTimeout<T>(signal: AbortSignal, ms: number, work: (bounded: AbortSignal) => Promise<T>): Promise<T> {
+  const bounded = new AbortController();
+  // A timer of our own: on Node 20, AbortSignal.timeout() inside AbortSignal.any() can be lost to GC.
+  const timer = setTimeout(() => bounded.abort(new DOMException(`no answer within ${ms} ms`, 'TimeoutError')), ms);
+  const follow = () => bounded.abort(signal.reason);
+  signal.addEventListener('abort', follow, { once: true });
+  try {
+    return await work(bounded.signal);
+  } finally {
+    clearTimeout(timer);
+    signal.removeEventListener('abort', follow);
+  }
+}
+
+/** `work`, or the signal's reason once it aborts, whichever comes first. */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    signal.addEventListener('abort', abort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
+  });
+}
+
 /** What `fresh` holds that `known` does not. */
 function added(known: Inventory, fresh: Inventory): Inventory {
   const only = <K, V>(fresh: ReadonlyMap<K, V>, known: ReadonlyMap<K, V>) => new Map([...fresh].filter(([key]) => !known.has(key)));
-  return { classic: only(fresh.classic, known.classic), loadBalancers: only(fresh.loadBalancers, known.loadBalancers), targetGroups: only(fresh.targetGroups, known.targetGroups) };
+  return {
+    classic: only(fresh.classic, known.classic),
+    // Tags of the new groups' load balancers may sit on known ones: keep them all for scope decisions.
+    loadBalancers: fresh.loadBalancers,
+    targetGroups: fresh.targetGroups,
+    groups: only(fresh.groups, known.groups),
+  };
 }
 
 export function chunks<T>(items: readonly T[], size: number): T[][] {

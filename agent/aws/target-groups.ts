@@ -8,9 +8,7 @@
 import {
   RegisterTargetsCommand,
   DeregisterTargetsCommand,
-  DescribeTargetGroupsCommand,
   DescribeTargetHealthCommand,
-  paginateDescribeTargetGroups,
   type ElasticLoadBalancingV2Client,
   type TargetDescription,
   type TargetGroup,
@@ -18,7 +16,7 @@ import {
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
-import { chunks, fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
+import { fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
 import type { Logger } from '../log.ts';
 import { cidrContains } from './ipv4.ts';
 import { inScope, type Tags } from './tags.ts';
@@ -31,7 +29,6 @@ export interface TargetGroupMembership extends Membership {
 const GONE = new Set(['TargetGroupNotFound', 'TargetGroupNotFoundException']);
 /** Real AWS succeeds deregistering an absent target; some emulators answer InvalidTarget. Either way it is out. */
 const TARGET_ABSENT = 'InvalidTarget';
-const ARNS_PER_CALL = 20;
 
 export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembership> {
   readonly name = 'target-group';
@@ -47,7 +44,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   }
 
   private async membershipsIn(inventory: Inventory, instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {
-    const groups = await this.groupsInScope(inventory, instance.vpcId, scope, ctx);
+    const groups = groupsInScope(inventory, instance.vpcId, scope);
     // Each group on its own: one that cannot be read must not hold up the others' deregistration.
     const settled = await Promise.allSettled(groups.map(async (group) => {
       const membership = await this.membership(group, instance, ctx);
@@ -98,65 +95,17 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     await this.elbv2.send(new RegisterTargetsCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }), { abortSignal: ctx.signal });
   }
 
-  fromSummary(summary: Readonly<Record<string, unknown>>): TargetGroupMembership | undefined {
+  fromSummary(summary: Readonly<Record<string, unknown>>, instance: Instance): TargetGroupMembership | undefined {
     const { arn, targets } = summary;
     if (typeof arn !== 'string' || !arn.startsWith('arn:') || !Array.isArray(targets)) return undefined;
-    const parsed = targets.flatMap((target: unknown) => {
+    const stillThisInstance = targets.flatMap((target: unknown) => {
       const { id, port } = (target ?? {}) as { id?: unknown; port?: unknown };
-      return typeof id === 'string' && (port === undefined || Number.isInteger(port)) ? [{ Id: id, Port: port as number | undefined }] : [];
+      const valid = typeof id === 'string' && (port === undefined || Number.isInteger(port));
+      return valid && isThisInstance(id, instance) ? [{ Id: id, Port: port as number | undefined }] : [];
     });
-    return parsed.length === targets.length && parsed.length > 0 ? toMembership(arn, parsed) : undefined;
+    return stillThisInstance.length > 0 ? toMembership(arn, stillThisInstance) : undefined;
   }
 
-  /** Target groups in the VPC, tagged themselves or through a tagged load balancer, of a type we can drain. */
-  private async groupsInScope({ loadBalancers, targetGroups }: Inventory, vpcId: string, scope: Scope, ctx: CallContext): Promise<TargetGroup[]> {
-    const byArn = new Map<string, TargetGroup>();
-    // A target group's scope tags may sit on it or on any of its load balancers.
-    const tagsOf = (group: TargetGroup): Tags[] => [
-      targetGroups.get(group.TargetGroupArn!)?.tags ?? {},
-      ...(group.LoadBalancerArns ?? []).map((arn) => loadBalancers.get(arn)?.tags ?? {}),
-    ];
-
-    const [viaLoadBalancers, tagged] = await Promise.all([
-      Promise.all([...loadBalancers.keys()].map((arn) => this.groupsOfLoadBalancer(arn, ctx))),
-      Promise.all(chunks([...targetGroups.keys()], ARNS_PER_CALL).map((arns) => this.describeGroups(arns, ctx))),
-    ]);
-    for (const group of [...viaLoadBalancers.flat(), ...tagged.flat()]) {
-      if (group.TargetGroupArn) byArn.set(group.TargetGroupArn, group);
-    }
-    return [...byArn.values()].filter(
-      (group) =>
-        group.VpcId === vpcId &&
-        (group.TargetType === 'instance' || group.TargetType === 'ip') &&
-        tagsOf(group).some((tags) => inScope(tags, scope)),
-    );
-  }
-
-  private async groupsOfLoadBalancer(loadBalancerArn: string, ctx: CallContext): Promise<TargetGroup[]> {
-    const groups: TargetGroup[] = [];
-    try {
-      for await (const page of paginateDescribeTargetGroups({ client: this.elbv2 }, { LoadBalancerArn: loadBalancerArn, PageSize: 400 })) {
-        ctx.signal.throwIfAborted();
-        groups.push(...(page.TargetGroups ?? []));
-      }
-    } catch (error) {
-      // Deleted since the inventory was taken: it has no target groups to drain.
-      if (errorCode(error) !== 'LoadBalancerNotFound' && errorCode(error) !== 'LoadBalancerNotFoundException') throw error;
-    }
-    return groups;
-  }
-
-  private async describeGroups(arns: string[], ctx: CallContext): Promise<TargetGroup[]> {
-    try {
-      const answer = await this.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: arns }), { abortSignal: ctx.signal });
-      return answer.TargetGroups ?? [];
-    } catch (error) {
-      if (!GONE.has(errorCode(error) ?? '')) throw error;
-      // One was deleted since the inventory: ask one by one so the others are still seen.
-      if (arns.length === 1) return [];
-      return (await Promise.all(arns.map((arn) => this.describeGroups([arn], ctx)))).flat();
-    }
-  }
 
   private async membership(group: TargetGroup, instance: Instance, ctx: CallContext): Promise<TargetGroupMembership | undefined> {
     const arn = group.TargetGroupArn!;
@@ -167,16 +116,30 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
       if (GONE.has(errorCode(error) ?? '')) return undefined;
       throw error;
     }
-    const isInstance = (id: string): boolean =>
-      group.TargetType === 'instance'
-        ? id === instance.id
-        : instance.privateIps.includes(id) || instance.ipv4Prefixes.some((prefix) => cidrContains(prefix, id));
+    const isInstance = (id: string): boolean => (group.TargetType === 'instance' ? id === instance.id : isThisInstance(id, instance) && id !== instance.id);
     const targets = (health.TargetHealthDescriptions ?? [])
       .filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id))
       .map((description) => description.Target!);
     if (targets.length === 0) return undefined;
     return toMembership(arn, targets);
   }
+}
+
+/** Target groups in the VPC, tagged themselves or through a tagged load balancer, of a type we can drain. */
+function groupsInScope({ loadBalancers, targetGroups, groups }: Inventory, vpcId: string, scope: Scope): TargetGroup[] {
+  // A target group's scope tags may sit on it or on any of its load balancers.
+  const tagsOf = (group: TargetGroup): Tags[] => [
+    targetGroups.get(group.TargetGroupArn!)?.tags ?? {},
+    ...(group.LoadBalancerArns ?? []).map((arn) => loadBalancers.get(arn)?.tags ?? {}),
+  ];
+  return [...groups.values()].filter(
+    (group) => group.VpcId === vpcId && (group.TargetType === 'instance' || group.TargetType === 'ip') && tagsOf(group).some((tags) => inScope(tags, scope)),
+  );
+}
+
+/** A target id that names the instance: its id, any private address of it, or one inside its prefixes. */
+function isThisInstance(id: string, instance: Instance): boolean {
+  return id === instance.id || instance.privateIps.includes(id) || instance.ipv4Prefixes.some((prefix) => cidrContains(prefix, id));
 }
 
 function toMembership(arn: string, targets: readonly TargetDescription[]): TargetGroupMembership {

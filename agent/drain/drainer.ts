@@ -51,11 +51,12 @@ export class Drainer {
     return this.options.lookup.find(ref, signal);
   }
 
-  start(instance: Instance, options: DrainOptions): DrainHandle {
+  /** `own`: the agent's own instance, which the cap on concurrent drains never turns away. */
+  start(instance: Instance, options: DrainOptions, { own = false } = {}): DrainHandle {
     const key = `${instance.id} ${describeScope(options.scope)}`;
     const running = this.inFlight.get(key);
     if (running) return { ...running, joined: true };
-    if (this.inFlight.size >= this.options.maxConcurrent) throw new TooManyDrainsError(this.options.maxConcurrent);
+    if (!own && this.inFlight.size >= this.options.maxConcurrent) throw new TooManyDrainsError(this.options.maxConcurrent);
 
     const status = newStatus(instance, options);
     // A timer of our own, not AbortSignal.timeout(): on Node 20 a garbage collection can lose that

@@ -81,6 +81,10 @@ export interface LoadBalancerFamily<M extends Membership = Membership> {
   isOut(membership: M, ctx: CallContext): Promise<OutCheck>;
   /** Puts the instance back where a scoped drain took it out: the same load balancer, the same ports. */
   register(membership: M, ctx: CallContext): Promise<void>;
-  /** The membership that a drain status entry (its summary fields) describes; undefined when the entry is not this family's or malformed. */
-  fromSummary(summary: Readonly<Record<string, unknown>>, instanceId: string): M | undefined;
+  /**
+   * The membership that a drain status entry (its summary fields) describes, limited to what is still
+   * this instance (an ip target's address may belong to another pod by now); undefined when nothing
+   * is, or the entry is not this family's.
+   */
+  fromSummary(summary: Readonly<Record<string, unknown>>, instance: Instance): M | undefined;
 }

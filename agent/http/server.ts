@@ -21,6 +21,8 @@ export interface DrainRequest {
   readonly timeoutMs: number | undefined;
   /** Hold the instance with its Auto Scaling termination hook while draining, then complete the action. */
   readonly asg: boolean;
+  /** The pod asking (a preStop hook), which a scoped drain of this node does not count as another ready endpoint. */
+  readonly pod?: string;
 }
 
 export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
@@ -51,7 +53,9 @@ export interface ApiServerOptions {
 
 /** Large enough for any legitimate request, which carries everything in its query string. */
 const MAX_BODY_BYTES = 16 * 1024;
-const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout', 'asg']);
+const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout', 'asg', 'pod']);
+/** A pod name: a DNS-1123 subdomain. */
+const POD_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 
 /** Answers to requests Node's parser refuses before they reach a handler. */
 const CLIENT_ERROR_STATUS: Record<string, string> = {
@@ -219,9 +223,24 @@ async function drainRoute(res: ServerResponse, query: URLSearchParams, agent: Ag
   const location = `/drain/${handle.status().instanceId}`;
   // 202 while it runs; a drain decided against at once (skipped) is answered 200 right away.
   if (!wait) return sendJson(res, isFinished(handle.status()) ? 200 : 202, handle.status(), { location });
-  // The drain goes on if the client hangs up: it was asked for, and it is idempotent.
-  const status = await handle.done;
-  sendJson(res, httpStatusOf(status), status, { location });
+  // The drain goes on if the client hangs up: it was asked for, and it is idempotent. A request that
+  // joined a drain with a later deadline still gets its answer at its own timeout: 504, still draining.
+  const status = await withinTimeout(handle.done, request.timeoutMs);
+  const latest = status ?? handle.status();
+  sendJson(res, status ? httpStatusOf(status) : 504, latest, { location });
+}
+
+async function withinTimeout<T>(work: Promise<T>, timeoutMs: number | undefined): Promise<T | undefined> {
+  if (timeoutMs === undefined) return work;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), timeoutMs);
+  });
+  try {
+    return await Promise.race([work, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function httpStatusOf(status: DrainStatus): number {
@@ -239,8 +258,8 @@ function httpStatusOf(status: DrainStatus): number {
 
 function parseDrainRequest(query: URLSearchParams): DrainRequest {
   const unknown = [...query.keys()].filter((key) => !QUERY_KEYS.has(key));
-  if (unknown.length > 0) throw new HttpError(400, `unknown parameter ${JSON.stringify(unknown[0])}: expected id, ip, service, wait, timeout, asg, pw`);
-  for (const key of ['id', 'ip', 'service', 'wait', 'timeout', 'asg']) {
+  if (unknown.length > 0) throw new HttpError(400, `unknown parameter ${JSON.stringify(unknown[0])}: expected id, ip, service, pod, wait, timeout, asg, pw`);
+  for (const key of ['id', 'ip', 'service', 'pod', 'wait', 'timeout', 'asg']) {
     if (query.getAll(key).length > 1) throw new HttpError(400, `parameter ${key} is given more than once`);
   }
   try {
@@ -253,11 +272,18 @@ function parseDrainRequest(query: URLSearchParams): DrainRequest {
       scope: parseScope(query.get('service') ?? undefined),
       timeoutMs: timeout === null ? undefined : Number(timeout) * 1000,
       asg: parseBoolean(query, 'asg'),
+      ...parsePod(query.get('pod')),
     };
   } catch (error) {
     if (error instanceof UsageError) throw new HttpError(400, error.message);
     throw error;
   }
+}
+
+function parsePod(pod: string | null): { pod?: string } {
+  if (pod === null) return {};
+  if (!POD_NAME.test(pod)) throw new HttpError(400, `pod=${JSON.stringify(pod)} is not a pod name (lower-case letters, digits, "-" and ".")`);
+  return { pod };
 }
 
 function parseBoolean(query: URLSearchParams, key: string): boolean {

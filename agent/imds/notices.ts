@@ -34,6 +34,8 @@ const REBALANCE_PATH = 'latest/meta-data/events/recommendations/rebalance';
 /** Event codes after which the instance is gone or rebooted; the others (e.g. network maintenance) keep it serving. */
 const DISRUPTIVE_MAINTENANCE = new Set(['instance-reboot', 'system-reboot', 'system-maintenance', 'instance-retirement', 'instance-stop']);
 const INACTIVE_MAINTENANCE_STATES = new Set(['completed', 'canceled']);
+/** How long a drain may still try when its notice's time has already come. */
+const LATE_NOTICE_GRACE_MS = 10_000;
 
 /** Polls IMDS for signs that this instance is going away and reports each one once. */
 export class NoticesWatcher {
@@ -248,10 +250,15 @@ export class NoticesWatcher {
     this.opts.logger[level]({ path, why }, 'ignoring malformed IMDS item');
   }
 
-  /** `time` less the margin, but never in the past: a late notice still gets its drain. */
+  /**
+   * `time` less the margin. A notice seen too late for the margin gets until `time` itself, and one seen
+   * after its time a short grace: a deadline of "now" would abort the drain before its first call.
+   */
   private deadlineBefore(time: number): Date | undefined {
     if (Number.isNaN(time)) return undefined;
-    return new Date(Math.max(time - this.opts.deadlineMarginMs, this.now()));
+    const now = this.now();
+    if (time - this.opts.deadlineMarginMs > now) return new Date(time - this.opts.deadlineMarginMs);
+    return new Date(Math.max(time, now + LATE_NOTICE_GRACE_MS));
   }
 }
 

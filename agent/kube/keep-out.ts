@@ -34,11 +34,19 @@ export class NodeKeeper {
     this.logger.info({ node: this.nodeName, label: EXCLUDE_LABEL }, 'node excluded from external load balancers');
   }
 
-  /** On a clean start: removes the label this agent set before. Returns whether it did. */
-  async liftOwnExclusion(): Promise<boolean> {
+  /**
+   * On a clean start: removes the label this agent set before, unless the Node itself says it is going
+   * away (`goingAway` gives the reason). Returns whether it did.
+   */
+  async liftOwnExclusion(goingAway: (node: KubeNode) => string | undefined): Promise<boolean> {
     const node = await this.kube.getNode(this.nodeName);
     const mark = node.metadata.annotations[MARK_ANNOTATION];
     if (mark === undefined) return false;
+    const reason = goingAway(node);
+    if (reason) {
+      this.logger.info({ node: this.nodeName, reason }, 'the exclusion stays: the node is going away');
+      return false;
+    }
     await this.kube.patchNode(this.nodeName, {
       labels: node.metadata.labels[EXCLUDE_LABEL] === undefined ? {} : { [EXCLUDE_LABEL]: null },
       annotations: { [MARK_ANNOTATION]: null },

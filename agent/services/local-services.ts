@@ -45,6 +45,7 @@ export class LocalServices {
   private remembered: Remembered[] = [];
   private timer: NodeJS.Timeout | undefined;
   private polling = false;
+  private stopped = false;
 
   constructor(private readonly options: LocalServicesOptions) {}
 
@@ -62,10 +63,10 @@ export class LocalServices {
     }
   }
 
-  /** Ready, non-terminating endpoints of the Service on this node. */
-  async readyHere(namespace: string, name: string): Promise<number> {
+  /** Ready, non-terminating endpoints of the Service on this node, but for the pod `except`. */
+  async readyHere(namespace: string, name: string, except?: string): Promise<number> {
     const endpoints = await this.options.kube.listServiceEndpoints(namespace, name);
-    return endpoints.filter((endpoint) => endpoint.nodeName === this.options.nodeName && endpoint.ready && !endpoint.terminating).length;
+    return endpoints.filter((endpoint) => endpoint.nodeName === this.options.nodeName && endpoint.ready && !endpoint.terminating && endpoint.podName !== except).length;
   }
 
   /** Remembers what a scoped drain of this node took out, to put it back later. */
@@ -84,13 +85,19 @@ export class LocalServices {
     this.start();
   }
 
-  /** Watches while anything is remembered. */
+  /** Watches while anything is remembered, until stopped for good. */
   start(): void {
-    if (this.timer || this.remembered.length === 0) return;
+    if (this.timer || this.stopped || this.remembered.length === 0) return;
     this.timer = setInterval(() => void this.poll(), this.options.pollIntervalMs);
   }
 
+  /** For good: a scoped drain that finishes during shutdown still remembers, but watches no more. */
   stop(): void {
+    this.stopped = true;
+    this.pause();
+  }
+
+  private pause(): void {
     clearInterval(this.timer);
     this.timer = undefined;
   }
@@ -112,7 +119,7 @@ export class LocalServices {
       this.options.logger.warn({ err: error }, 'could not check the Services to put back; trying again');
     } finally {
       this.polling = false;
-      if (this.remembered.length === 0) this.stop();
+      if (this.remembered.length === 0) this.pause();
     }
   }
 
@@ -126,7 +133,7 @@ export class LocalServices {
     const ctx: CallContext = { signal: AbortSignal.timeout(this.options.pollIntervalMs * 5) };
     for (const entry of this.remembered.filter((candidate) => candidate.service === service)) {
       const family = this.options.families.find((candidate) => candidate.name === entry.family);
-      const membership = family?.fromSummary(entry.summary, instance.id);
+      const membership = family?.fromSummary(entry.summary, instance);
       if (family && membership) {
         try {
           await family.register(membership, ctx);
@@ -137,7 +144,7 @@ export class LocalServices {
         this.options.logger.info({ service, family: family.name, loadBalancer: membership.id, instanceId: instance.id }, 'a local endpoint is ready again: registered back');
         this.options.onRegistered(entry);
       } else {
-        this.options.logger.warn({ entry }, 'cannot put back a remembered deregistration of an unknown shape: forgetting it');
+        this.options.logger.warn({ entry }, 'nothing of this remembered deregistration is still this instance (or it is malformed): forgetting it');
       }
       this.remembered = this.remembered.filter((candidate) => candidate !== entry);
     }
