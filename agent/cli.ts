@@ -43,6 +43,15 @@ export function parseInstanceRef(id: string | undefined, ip: string | undefined)
   return undefined;
 }
 
+/** A drain's timeout as the command line (`--timeout `) or the API (`timeout=`) gives it. */
+export function parseTimeoutSeconds(text: string, spelledAs: string): number {
+  const seconds = Number(text);
+  if (!/^\d+$/.test(text) || seconds < 1 || seconds > 3600) {
+    throw new UsageError(`${spelledAs}${JSON.stringify(text)} is not a whole number of seconds from 1 to 3600`);
+  }
+  return seconds;
+}
+
 export function parseScope(service: string | undefined): Scope {
   if (service === undefined) return { kind: 'all' };
   const match = SERVICE.exec(service);
@@ -83,18 +92,11 @@ export function parseCommand(argv: readonly string[]): Command {
   }
   if (name !== 'drain') throw new UsageError(`unknown command ${JSON.stringify(name)}: expected agent or drain`);
 
-  let timeoutSeconds: number | undefined;
-  if (values.timeout !== undefined) {
-    timeoutSeconds = Number(values.timeout);
-    if (!/^\d+$/.test(values.timeout) || timeoutSeconds < 1 || timeoutSeconds > 3600) {
-      throw new UsageError(`--timeout ${JSON.stringify(values.timeout)} is not a whole number of seconds from 1 to 3600`);
-    }
-  }
   return {
     kind: 'drain',
     target: parseInstanceRef(values.id, values.ip),
     scope: parseScope(values.service),
-    timeoutSeconds,
+    timeoutSeconds: values.timeout === undefined ? undefined : parseTimeoutSeconds(values.timeout, '--timeout '),
     dryRun: values['dry-run'] ?? false,
     asg: values.asg ?? false,
   };

@@ -6,6 +6,7 @@
 import { helpText, parseCommand, UsageError } from './cli.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { PlacementError } from './aws/provider.ts';
+import { KubeConfigError } from './kube/config.ts';
 import { ExitCode } from './exit-codes.ts';
 import { createLogger, humanReadable } from './log.ts';
 import { runOneShot } from './oneshot.ts';
@@ -53,7 +54,7 @@ async function main(argv: readonly string[]): Promise<ExitCode> {
   try {
     return command.kind === 'drain' ? await runOneShot(command, config, logger, process.stdout) : await runAgent(config, logger, VERSION);
   } catch (error) {
-    if (error instanceof PlacementError) {
+    if (error instanceof PlacementError || error instanceof KubeConfigError) {
       logger.error(error.message);
       return ExitCode.usage;
     }

@@ -13,6 +13,7 @@ import {
 import { InstanceNotFoundError, type Instance, type InstanceLookup, type InstanceRef } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
 import { cidrContains } from './ipv4.ts';
+import { tagsFromList } from './tags.ts';
 
 export class Ec2InstanceLookup implements InstanceLookup {
   constructor(
@@ -86,6 +87,6 @@ function toInstance(instance: Ec2Instance, vpcId: string): Instance {
     vpcId,
     privateIps: [...privateIps],
     ipv4Prefixes: interfaces.flatMap((eni) => (eni.Ipv4Prefixes ?? []).flatMap((prefix) => (prefix.Ipv4Prefix ? [prefix.Ipv4Prefix] : []))),
-    tags: Object.fromEntries((instance.Tags ?? []).flatMap((tag) => (tag.Key ? [[tag.Key, tag.Value ?? '']] : []))),
+    tags: tagsFromList(instance.Tags),
   };
 }

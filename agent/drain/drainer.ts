@@ -88,6 +88,7 @@ export class Drainer {
   skip(instance: Instance, options: DrainOptions, reason: string): DrainHandle {
     const status: DrainStatus = { ...newStatus(instance, options), state: 'skipped', reason, finishedAt: new Date().toISOString() };
     this.options.logger.info({ instanceId: instance.id, trigger: options.trigger, scope: status.scope, reason }, 'drain skipped');
+    this.options.observer?.finished?.(snapshot(status), 0);
     const handle: DrainHandle = { status: () => snapshot(status), done: Promise.resolve(snapshot(status)), joined: false, amend: (fields) => Object.assign(status, fields) };
     this.remember(instance.id, handle);
     return handle;

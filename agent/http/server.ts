@@ -3,7 +3,8 @@
  * It knows nothing of AWS or IMDS: it authenticates, validates, and asks the agent.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { parseInstanceRef, parseScope, INSTANCE_ID, UsageError } from '../cli.ts';
+import { errorMessage } from '../aws/errors.ts';
+import { parseInstanceRef, parseScope, parseTimeoutSeconds, INSTANCE_ID, UsageError } from '../cli.ts';
 import type { DrainHandle } from '../drain/drainer.ts';
 import { TooManyDrainsError } from '../drain/drainer.ts';
 import type { Scope } from '../drain/family.ts';
@@ -218,7 +219,8 @@ async function drainRoute(res: ServerResponse, query: URLSearchParams, agent: Ag
     if (error instanceof InstanceNotFoundError) throw new HttpError(404, error.message);
     if (error instanceof TooManyDrainsError) throw new HttpError(429, error.message, { 'retry-after': '5' });
     if (error instanceof NotReadyError) throw new HttpError(503, error.message, { 'retry-after': '5' });
-    throw error;
+    // What is left is AWS failing to find the instance (throttling, permissions): not the client's mistake.
+    throw new HttpError(502, `could not look up the instance: ${errorMessage(error)}`);
   }
   const location = `/drain/${handle.status().instanceId}`;
   // 202 while it runs; a drain decided against at once (skipped) is answered 200 right away.
@@ -264,13 +266,11 @@ function parseDrainRequest(query: URLSearchParams): DrainRequest {
   }
   try {
     const timeout = query.get('timeout');
-    if (timeout !== null && !(/^\d+$/.test(timeout) && Number(timeout) >= 1 && Number(timeout) <= 3600)) {
-      throw new UsageError(`timeout=${JSON.stringify(timeout)} is not a whole number of seconds from 1 to 3600`);
-    }
+    const timeoutSeconds = timeout === null ? undefined : parseTimeoutSeconds(timeout, 'timeout=');
     return {
       target: parseInstanceRef(query.get('id') ?? undefined, query.get('ip') ?? undefined),
       scope: parseScope(query.get('service') ?? undefined),
-      timeoutMs: timeout === null ? undefined : Number(timeout) * 1000,
+      timeoutMs: timeoutSeconds === undefined ? undefined : timeoutSeconds * 1000,
       asg: parseBoolean(query, 'asg'),
       ...parsePod(query.get('pod')),
     };
