@@ -233,6 +233,11 @@ describe('IMDS notices drain the node', () => {
         assert.equal(event?.type, 'Normal');
       }
 
+      // It started from the inventory kept at start-up: the tagging API, which a whole spot wave calls
+      // at once, was not asked during the drain, nor were target groups described again.
+      assert.deepEqual(status.awsCalls.GetResources, undefined);
+      assert.deepEqual(status.awsCalls.DescribeTargetGroups, undefined);
+
       // The same notice, seen at every later poll, does not start another drain.
       await sleep(2_000);
       assert.equal(eventsOf('DrainStarted').length, 1);

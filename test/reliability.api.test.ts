@@ -234,7 +234,8 @@ describe('oversized and slow requests, many connections', () => {
       ['a 1 MB body with the secret', { method: 'POST', target: '/drain', headers: [bearer], body: Buffer.alloc(1024 * 1024, 0x61) }, [413]],
       ['a 1 MB body without the secret', { method: 'POST', target: '/drain', body: Buffer.alloc(1024 * 1024, 0x61), localAddress: '127.0.0.7' }, [401]],
       ['a Content-Length of 10^15', { method: 'POST', target: '/drain', headers: [bearer, ['Content-Length', '1000000000000000']], contentLength: false }, [413]],
-      ['a lying Content-Length', { method: 'POST', target: '/drain', headers: [bearer, ['Content-Length', '10']], body: 'x'.repeat(100), contentLength: false }, [400, 405, 413, 202]],
+      // An unknown instance, like the chunked case below: the framing is under test, not a drain of this node.
+      ['a lying Content-Length', { method: 'POST', target: '/drain?id=i-0123456789abcdef0', headers: [bearer, ['Content-Length', '10']], body: 'x'.repeat(100), contentLength: false }, [400, 404, 405, 413]],
       ['two Content-Lengths', { method: 'POST', target: '/drain', headers: [bearer, ['Content-Length', '1'], ['Content-Length', '2']], contentLength: false }, [400]],
       ['a small chunked body', { method: 'POST', target: '/drain?id=i-0123456789abcdef0', headers: [bearer, ['Transfer-Encoding', 'chunked']], body: `${'400\r\n' + 'a'.repeat(1024) + '\r\n'}`.repeat(4) + '0\r\n\r\n', contentLength: false }, [404]],
     ];

@@ -66,7 +66,8 @@ async function assertCleanDrain(status: DrainStatus): Promise<void> {
 
 describe('AWS faults during a drain', () => {
   test('throttling on every call type (each action\'s first call), and every Deregister* throttled 3 times in a row (beyond the SDK\'s retries, so the drainer retries): out of everything before the deadline', async (t) => {
-    const agent = await rig.startAgent();
+    // Cold: no kept inventory, so the drain itself calls the tagging API and describes the target groups.
+    const agent = await rig.startAgent({ INVENTORY_REFRESH: '0' });
     const { rule, injected } = firstCalls(1, (call) => (call.action.startsWith('Deregister') ? undefined : throttle(call)));
     // One classic ELB and one target group refuse their first three Deregister* calls.
     const stubborn = [rig.world.classic.tagged, rig.world.groups.viaTaggedAlb];
@@ -103,7 +104,8 @@ describe('AWS faults during a drain', () => {
   );
 
   test('5xx (500 InternalFailure, 503 ServiceUnavailable) on every call type, and a DeregisterTargets that never answers (SDK timeout): out of everything before the deadline', async (t) => {
-    const agent = await rig.startAgent();
+    // Cold: no kept inventory, so the drain itself calls the tagging API and describes the target groups.
+    const agent = await rig.startAgent({ INVENTORY_REFRESH: '0' });
     const { rule, injected } = firstCalls(2, (call, nth) =>
       nth === 1 ? { kind: 'error', status: 500, code: 'InternalFailure', message: 'internal' } : { kind: 'error', status: 503, code: 'ServiceUnavailable', message: 'unavailable' },
     );
