@@ -4,10 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { buildIfStale } from './helpers/run.ts';
 import { helpText, parseCommand, parseInstanceRef, parseScope, UsageError, type Command } from '../agent/cli.ts';
 import { loadConfig, type Config } from '../agent/config.ts';
 import { ExitCode } from '../agent/exit-codes.ts';
@@ -353,32 +354,6 @@ describe('helpText', () => {
   }
 });
 
-/** Rebuilds dist/main.js unless it is newer than every source it is built from. */
-function newestSourceMtime(): number {
-  let newest = 0;
-  const visit = (dir: string): void => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      const path = join(dir, entry.name);
-      if (entry.isDirectory()) visit(path);
-      else newest = Math.max(newest, statSync(path).mtimeMs);
-    }
-  };
-  visit(join(ROOT, 'agent'));
-  for (const file of ['package.json', 'scripts/build.mjs']) newest = Math.max(newest, statSync(join(ROOT, file)).mtimeMs);
-  return newest;
-}
-
-function buildIfStale(): void {
-  let built = 0;
-  try {
-    built = statSync(BINARY).mtimeMs;
-  } catch {
-    // not built yet
-  }
-  if (built > newestSourceMtime()) return;
-  const result = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
-  assert.equal(result.status, 0, `npm run build failed:\n${result.stdout}\n${result.stderr}`);
-}
 
 /** Runs the binary with PATH only, so no SECRET or AWS variable of the test's environment leaks in. */
 function run(args: string[]) {

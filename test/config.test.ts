@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { buildIfStale } from './helpers/run.ts';
 import { ConfigError, describeConfig, loadConfig, type Config, type Mode } from '../agent/config.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -406,32 +406,6 @@ describe('describeConfig', () => {
   });
 });
 
-/** Rebuilds dist/main.js unless it is newer than every source it is built from. */
-function newestSourceMtime(): number {
-  let newest = 0;
-  const visit = (dir: string): void => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      const path = join(dir, entry.name);
-      if (entry.isDirectory()) visit(path);
-      else newest = Math.max(newest, statSync(path).mtimeMs);
-    }
-  };
-  visit(join(ROOT, 'agent'));
-  for (const file of ['package.json', 'scripts/build.mjs']) newest = Math.max(newest, statSync(join(ROOT, file)).mtimeMs);
-  return newest;
-}
-
-function buildIfStale(): void {
-  let built = 0;
-  try {
-    built = statSync(BINARY).mtimeMs;
-  } catch {
-    // not built yet
-  }
-  if (built > newestSourceMtime()) return;
-  const result = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
-  assert.equal(result.status, 0, `npm run build failed:\n${result.stdout}\n${result.stderr}`);
-}
 
 /** Runs the binary with exactly `env` (plus PATH), so nothing from the test's own environment leaks in. */
 function run(args: string[], env: Env) {
