@@ -404,7 +404,8 @@ class Agent implements AgentApi {
       if (verdict.drain) {
         try {
           const handle = await this.drainSelf('sigterm', new Date(graceEnds), ALL);
-          const timer = sleep(Math.max(0, graceEnds - Date.now()), undefined, { ref: false }).then(() => running.drainer.abortAll());
+          // Just after the drain's own deadline, which then reports timed_out itself.
+          const timer = sleep(Math.max(0, graceEnds - Date.now()) + 500, undefined, { ref: false }).then(() => running.drainer.abortAll());
           await Promise.race([handle.done, timer]);
         } catch (error) {
           this.logger.error({ err: error }, 'could not drain this node on SIGTERM');

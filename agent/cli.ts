@@ -122,7 +122,8 @@ drain options:
                       termination lifecycle hook while draining, then complete the action (CONTINUE)
 
 drain exit codes: 0 out of every load balancer in scope (or a dry run reported), 2 bad usage or
-configuration, 3 timed out, 4 instance not found in the VPC, 5 AWS refused or failed, 1 internal error.
+configuration, 3 timed out, 4 instance not found in the VPC, 5 AWS refused or failed, 130 interrupted
+(Ctrl-C), 1 internal error.
 
 Environment:
   SECRET                 secret of the /drain API (agent: required)

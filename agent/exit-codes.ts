@@ -12,6 +12,8 @@ export const ExitCode = {
   notFound: 4,
   /** AWS refused or failed (permissions, a load balancer that could not be drained). */
   aws: 5,
+  /** Stopped by Ctrl-C (SIGINT) or SIGTERM before the drain finished; the status says how far it got. */
+  interrupted: 130,
 } as const;
 
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];

@@ -8,7 +8,9 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { awsClients, CLUSTER, createClassic, createGroup, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
 import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startMoto, type Moto } from './helpers/moto.ts';
-import { cleanEnv, runMain } from './helpers/run.ts';
+import { cleanEnv, MAIN, runMain } from './helpers/run.ts';
+import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { DrainStatus } from '../agent/drain/status.ts';
 
 let moto: Moto;
@@ -169,6 +171,25 @@ describe('hasta-la-vista drain against moto', () => {
       for (const name of names) assert.ok([world.classic.tagged, world.classic.readmeTagged, world.classic.otherVpc].includes(name), name);
       assert.ok(!names.includes(world.classic.untagged) && !names.includes(world.classic.otherCluster));
     }
+  });
+});
+
+describe('interrupted', () => {
+  test('Ctrl-C ends the drain where it is: exit 130, the status says interrupted and what is not yet out', async () => {
+    proxy.addFault((call) => (call.action === 'DeregisterTargets' ? { kind: 'hang' } : undefined));
+    const child = spawn(process.execPath, [MAIN, 'drain', '--id', world.node.id], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    // Once a target group's deregistration is under way (and hangs), interrupt.
+    for (let i = 0; i < 100 && proxy.count('DeregisterTargets') === 0; i++) await sleep(100);
+    child.kill('SIGINT');
+    assert.equal(await exited, 130);
+    const status = JSON.parse(stdout) as DrainStatus;
+    assert.equal(status.state, 'failed');
+    assert.match(String(status.reason), /^interrupted: the agent stopped the drain with [2-4] load balancer\(s\) not yet out/);
+    // the hung target groups are reported as still draining, never as out
+    for (const lb of status.loadBalancers.filter((entry) => entry.family === 'target-group')) assert.equal(lb.state, 'draining');
   });
 });
 

@@ -39,7 +39,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   ) {}
 
   async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<ClassicMembership[]> {
-    return fromKnownThenFresh(this.inventory, ctx.signal, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
+    return fromKnownThenFresh(this.inventory, ctx, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
   }
 
   private async membershipsIn({ classic }: Inventory, instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<ClassicMembership[]> {

@@ -24,9 +24,9 @@ import {
   type TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { paginateGetResources, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
-import { allOrPartial, type Membership } from '../drain/family.ts';
+import { allOrPartial, type DiscoveryContext, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
-import { errorCode, isPermissionError } from './errors.ts';
+import { errorCode, errorMessage, isPermissionError } from './errors.ts';
 import { clusterTagFilters, inCluster, tagsFromList, type Tags } from './tags.ts';
 
 export interface TaggedResource {
@@ -275,10 +275,11 @@ function classicArn(name: string): string {
  */
 export async function fromKnownThenFresh<M extends Membership>(
   source: InventorySource,
-  signal: AbortSignal,
+  ctx: DiscoveryContext,
   logger: Logger,
   find: (inventory: Inventory) => Promise<M[]>,
 ): Promise<M[]> {
+  const { signal } = ctx;
   const kept = source.known();
   if (!kept) return find(await source.inventory(signal));
   const known = kept.inventory;
@@ -286,7 +287,9 @@ export async function fromKnownThenFresh<M extends Membership>(
   const fresh = withTimeout(signal, FRESH_WAIT_MS, (bounded) => source.inventory(bounded)).then(
     (inventory) => find(added(known, inventory)),
     (error: unknown) => {
-      logger.warn({ err: error, keptFrom: new Date(kept.at).toISOString() }, 'no fresh inventory of cluster load balancers: using the one kept from before');
+      const keptFrom = new Date(kept.at).toISOString();
+      logger.warn({ err: error, keptFrom }, 'no fresh inventory of cluster load balancers: using the one kept from before');
+      ctx.note(`load balancers created since ${keptFrom} were not looked for (no fresh inventory: ${errorMessage(error)})`);
       return [];
     },
   );

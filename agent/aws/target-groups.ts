@@ -40,7 +40,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   ) {}
 
   async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {
-    return fromKnownThenFresh(this.inventory, ctx.signal, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
+    return fromKnownThenFresh(this.inventory, ctx, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
   }
 
   private async membershipsIn(inventory: Inventory, instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {

@@ -41,6 +41,8 @@ const retryDelay = (attempt: number, error: unknown, signal: AbortSignal) => bac
 interface Shortfall {
   readonly failures: string[];
   readonly unfinished: string[];
+  /** What a success should still mention (e.g. an inventory that could not be refreshed). */
+  readonly notes: string[];
 }
 
 export async function runDrain(
@@ -57,7 +59,7 @@ export async function runDrain(
   const ctx: CallContext = { signal };
   log.info({ deadline: options.deadline.toISOString(), dryRun: options.dryRun }, 'drain started');
 
-  const shortfall: Shortfall = { failures: [], unfinished: [] };
+  const shortfall: Shortfall = { failures: [], unfinished: [], notes: [] };
   await Promise.all(
     families.map(async (family) => {
       const takingOut: Promise<void>[] = [];
@@ -79,7 +81,9 @@ export async function runDrain(
     }),
   );
 
-  settle(status, shortfall, options.dryRun);
+  // Aborted other than by the deadline: the agent is stopping (a second signal, the end of a grace period).
+  const interrupted = signal.aborted && (signal.reason as Error | undefined)?.name !== 'TimeoutError';
+  settle(status, shortfall, options.dryRun, interrupted);
   status.finishedAt = new Date().toISOString();
   const durationMs = Date.now() - started;
   observer.finished?.(status, durationMs);
@@ -111,7 +115,10 @@ async function discover(
   for (let attempt = 0; ; attempt++) {
     let failure: unknown;
     try {
-      take(await family.memberships(instance, scope, { ...ctx, found: (membership) => take([membership]) }));
+      const note = (text: string) => {
+        if (!shortfall.notes.includes(text)) shortfall.notes.push(text);
+      };
+      take(await family.memberships(instance, scope, { ...ctx, found: (membership) => take([membership]), note }));
       return;
     } catch (error) {
       failure = error instanceof PartialDiscoveryError ? error.cause : error;
@@ -187,13 +194,16 @@ async function failOrWait(error: unknown, attempt: number, entry: LoadBalancerSt
 }
 
 /** The overall state, from what each load balancer reached: success only where every one was seen out. */
-function settle(status: DrainStatus, { failures, unfinished }: Shortfall, dryRun: boolean): void {
+function settle(status: DrainStatus, { failures, unfinished, notes }: Shortfall, dryRun: boolean, interrupted: boolean): void {
   const draining = status.loadBalancers.filter((lb) => lb.state === 'draining').length;
   const failed = status.loadBalancers.filter((lb) => lb.state === 'failed').length;
   const problems = [...failures, ...unfinished];
   if (dryRun) {
     status.state = problems.length > 0 ? 'failed' : 'skipped';
     status.reason = [`dry run: would deregister from ${status.loadBalancers.length} load balancer(s), changed nothing`, ...problems].join('; ');
+  } else if (interrupted && (draining > 0 || unfinished.length > 0)) {
+    status.state = 'failed';
+    status.reason = [`interrupted: the agent stopped the drain with ${draining} load balancer(s) not yet out`, ...problems].join('; ');
   } else if (draining > 0 || unfinished.length > 0) {
     status.state = 'timed_out';
     status.reason = [...(draining > 0 ? [`deadline passed with ${draining} load balancer(s) not yet out`] : []), ...problems].join('; ');
@@ -202,6 +212,7 @@ function settle(status: DrainStatus, { failures, unfinished }: Shortfall, dryRun
     status.reason = [...(failed > 0 ? [`${failed} load balancer(s) failed`] : []), ...failures].join('; ');
   } else {
     status.state = 'deregistered';
-    if (status.loadBalancers.length === 0) status.reason = 'not registered with any load balancer in scope';
+    const nothing = status.loadBalancers.length === 0 ? ['not registered with any load balancer in scope'] : [];
+    if (nothing.length + notes.length > 0) status.reason = [...nothing, ...notes].join('; ');
   }
 }

@@ -97,7 +97,7 @@ export class Drainer {
   /** Where the instance is registered now, without changing anything (the keep-out re-check). */
   async memberships(instance: Instance, scope: Scope, signal: AbortSignal): Promise<{ family: string; id: string }[]> {
     const found = await Promise.all(
-      this.options.families.map(async (family) => (await family.memberships(instance, scope, { signal, found: () => undefined })).map((m) => ({ family: family.name, id: m.id }))),
+      this.options.families.map(async (family) => (await family.memberships(instance, scope, { signal, found: () => undefined, note: () => undefined })).map((m) => ({ family: family.name, id: m.id }))),
     );
     return found.flat();
   }

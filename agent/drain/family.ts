@@ -31,6 +31,8 @@ export interface CallContext {
 
 export interface DiscoveryContext extends CallContext {
   readonly found: (membership: Membership) => void;
+  /** Something the drain's status should say even on success (e.g. a kept inventory was used). */
+  readonly note: (text: string) => void;
 }
 
 /**
