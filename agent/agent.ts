@@ -235,8 +235,11 @@ class Agent implements AgentApi {
     return held;
   }
 
-  /** Drains this instance; a drain of everything also labels the node and starts the keep-out re-check. */
-  /** `asg`: hold with the lifecycle hook (an ASG termination always is); `pod`: the caller of a scoped drain, not counted as another endpoint. */
+  /**
+   * Drains this instance; a drain of everything also labels the node and starts the keep-out re-check.
+   * `asg`: hold it with the lifecycle hook (an ASG termination always is); `pod`: the caller of a scoped
+   * drain, not counted as another ready endpoint.
+   */
   private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, { asg = trigger === 'asg-termination', pod }: { asg?: boolean; pod?: string } = {}): Promise<DrainHandle> {
     const { drainer, self, services } = this.running!;
     const instance = await this.ownInstance(deadline);
