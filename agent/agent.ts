@@ -6,6 +6,7 @@
 import type { Server } from 'node:http';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { errorMessage } from './aws/errors.ts';
 import { drainHeldByHook, type LifecycleHolder } from './aws/lifecycle.ts';
 import type { TaggedInventory } from './aws/inventory.ts';
 import { createAwsProvider } from './aws/provider.ts';
@@ -175,7 +176,7 @@ class Agent implements AgentApi {
       try {
         return await work();
       } catch (error) {
-        const message = error instanceof Error ? error.message : String(error);
+        const message = errorMessage(error);
         this.notReadyBecause = `${what}: ${message}`;
         if (attempt + 1 >= START_ATTEMPTS || this.stop.signal.aborted) throw error;
         this.logger.warn({ attempt, err: error }, `${what} failed; retrying`);

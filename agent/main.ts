@@ -4,6 +4,7 @@
  * what to fix; anything else is logged, never swallowed.
  */
 import { helpText, parseCommand, UsageError } from './cli.ts';
+import { errorMessage } from './aws/errors.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { PlacementError } from './aws/provider.ts';
 import { KubeConfigError } from './kube/config.ts';
@@ -58,7 +59,7 @@ async function main(argv: readonly string[]): Promise<ExitCode> {
       logger.error(error.message);
       return ExitCode.usage;
     }
-    logger.fatal({ err: error }, `unexpected error: ${error instanceof Error ? error.message : String(error)}`);
+    logger.fatal({ err: error }, `unexpected error: ${errorMessage(error)}`);
     return ExitCode.internal;
   }
 }

@@ -4,6 +4,7 @@
  * must say all three, and the error says so.
  */
 import { createAwsClients, type AwsClients } from './aws/clients.ts';
+import { errorMessage } from './aws/errors.ts';
 import { clusterNameOfInstance, PlacementError, type Placement } from './aws/provider.ts';
 import type { Config } from './config.ts';
 import { createImdsClient, instanceIdentity, type ImdsClient, type InstanceIdentity } from './imds/client.ts';
@@ -28,7 +29,7 @@ export async function resolvePlacement(config: Config, imds: ImdsClient | undefi
       self = await instanceIdentity(imds);
     } catch (error) {
       throw new PlacementError(
-        `IMDS did not answer (${error instanceof Error ? error.message : String(error)}); outside EC2, set AWS_REGION, VPCID and CLUSTERNAME`,
+        `IMDS did not answer (${errorMessage(error)}); outside EC2, set AWS_REGION, VPCID and CLUSTERNAME`,
       );
     }
   }

@@ -9,6 +9,7 @@
  * - Kubernetes cannot be asked and IMDS shows nothing: do not drain, and say why.
  */
 import type { SigtermPolicy } from './config.ts';
+import { errorMessage } from './aws/errors.ts';
 import type { Notice } from './imds/notices.ts';
 import type { KubeClient, KubeNode } from './kube/client.ts';
 
@@ -54,8 +55,8 @@ export async function classifyShutdown(evidence: ShutdownEvidence): Promise<Verd
       : { drain: true, reason: 'the Pod was not deleted through the API: the kubelet is stopping it, the node is shutting down' };
   }
   const why = [
-    notices.status === 'rejected' ? `IMDS: ${String(notices.reason instanceof Error ? notices.reason.message : notices.reason)}` : 'IMDS shows no notice',
-    `Kubernetes: ${ownPod.reason instanceof Error ? ownPod.reason.message : String(ownPod.reason)}`,
+    notices.status === 'rejected' ? `IMDS: ${errorMessage(notices.reason)}` : 'IMDS shows no notice',
+    `Kubernetes: ${errorMessage(ownPod.reason)}`,
   ];
   return { drain: false, reason: `cannot tell a node shutdown from a pod restart (${why.join('; ')}): not draining` };
 }

@@ -15,7 +15,8 @@ import {
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
-import { chunks, fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
+import { chunks, describeSurvivors } from './batches.ts';
+import { fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
 import type { Logger } from '../log.ts';
 import { inScope } from './tags.ts';
 
@@ -101,17 +102,12 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     return (lb?.Instances ?? []).some((member) => member.InstanceId === membership.instanceId);
   }
 
-  private async describe(names: string[], ctx: CallContext): Promise<LoadBalancerDescription[]> {
-    if (names.length === 0) return [];
-    try {
-      const answer = await this.elb.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: names }), { abortSignal: ctx.signal });
-      return answer.LoadBalancerDescriptions ?? [];
-    } catch (error) {
-      if (!GONE.has(errorCode(error) ?? '')) throw error;
-      // A load balancer deleted since the inventory: ask one by one so the others are still seen.
-      if (names.length === 1) return [];
-      return (await Promise.all(names.map((name) => this.describe([name], ctx)))).flat();
-    }
+  private describe(names: string[], ctx: CallContext): Promise<LoadBalancerDescription[]> {
+    return describeSurvivors(
+      names,
+      async (batch) => (await this.elb.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: batch }), { abortSignal: ctx.signal })).LoadBalancerDescriptions ?? [],
+      (error) => GONE.has(errorCode(error) ?? ''),
+    );
   }
 }
 

@@ -26,6 +26,7 @@ import {
 import { paginateGetResources, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
 import { allOrPartial, type DiscoveryContext, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
+import { chunks, describeSurvivors } from './batches.ts';
 import { errorCode, errorMessage, isPermissionError } from './errors.ts';
 import { clusterTagFilters, inCluster, tagsFromList, type Tags } from './tags.ts';
 
@@ -199,16 +200,12 @@ export class TaggedInventory implements InventorySource {
     return groups;
   }
 
-  private async groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
-    try {
-      const answer = await this.clients.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: arns }), { abortSignal: signal });
-      return answer.TargetGroups ?? [];
-    } catch (error) {
-      if (!TARGET_GROUP_GONE.has(errorCode(error) ?? '')) throw error;
-      // One was deleted since it was found: ask one by one so the others are still seen.
-      if (arns.length === 1) return [];
-      return (await Promise.all(arns.map((arn) => this.groupsByArn([arn], signal)))).flat();
-    }
+  private groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
+    return describeSurvivors(
+      arns,
+      async (batch) => (await this.clients.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: batch }), { abortSignal: signal })).TargetGroups ?? [],
+      (error) => TARGET_GROUP_GONE.has(errorCode(error) ?? ''),
+    );
   }
 
   private async allClassicNames(signal: AbortSignal): Promise<string[]> {
@@ -338,8 +335,3 @@ function added(known: Inventory, fresh: Inventory): Inventory {
   };
 }
 
-export function chunks<T>(items: readonly T[], size: number): T[][] {
-  const result: T[][] = [];
-  for (let start = 0; start < items.length; start += size) result.push(items.slice(start, start + size));
-  return result;
-}

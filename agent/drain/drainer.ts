@@ -3,6 +3,7 @@
  * command) calls. One drain per instance and scope at a time: asking again while one runs joins it.
  */
 import type { CallLog } from '../aws/call-log.ts';
+import { errorMessage } from '../aws/errors.ts';
 import type { Logger } from '../log.ts';
 import { runDrain, type DrainObserver, type DrainOptions } from './drain.ts';
 import { describeScope, type LoadBalancerFamily, type Scope } from './family.ts';
@@ -69,7 +70,7 @@ export class Drainer {
       .catch((error: unknown) => {
         // runDrain handles every AWS error itself; this is a bug, reported rather than lost.
         status.state = 'failed';
-        status.reason = `internal error: ${error instanceof Error ? error.message : String(error)}`;
+        status.reason = `internal error: ${errorMessage(error)}`;
         status.finishedAt = new Date().toISOString();
         this.options.logger.error({ err: error, instanceId: instance.id }, 'drain crashed');
       })

@@ -4,6 +4,7 @@
  * Adding a family is a new module implementing this, not an edit of the drainer.
  */
 import type { Instance } from './instance.ts';
+import { errorMessage } from '../aws/errors.ts';
 
 /** Which load balancers a drain considers: all of the cluster's, or one Kubernetes Service's. */
 export type Scope = { readonly kind: 'all' } | { readonly kind: 'service'; readonly namespace: string; readonly name: string };
@@ -44,7 +45,7 @@ export class PartialDiscoveryError<M extends Membership = Membership> extends Er
     readonly found: M[],
     override readonly cause: unknown,
   ) {
-    super(cause instanceof Error ? cause.message : String(cause));
+    super(errorMessage(cause));
     this.name = 'PartialDiscoveryError';
   }
 }
