@@ -344,7 +344,7 @@ class Agent implements AgentApi {
     this.recheck = setInterval(() => {
       void (async () => {
         try {
-          const found = await drainer.memberships(instance, ALL, AbortSignal.timeout(this.config.recheckIntervalMs));
+          const found = await drainer.servingMemberships(instance, ALL, AbortSignal.timeout(this.config.recheckIntervalMs));
           if (found.length === 0 || this.shuttingDown) return;
           for (const membership of found) this.metrics.reRegistrations.inc({ family: membership.family });
           this.logger.warn({ instanceId: instance.id, found }, 'drained node was registered again: taking it out again');

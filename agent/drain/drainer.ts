@@ -95,10 +95,15 @@ export class Drainer {
     return handle;
   }
 
-  /** Where the instance is registered now, without changing anything (the keep-out re-check). */
-  async memberships(instance: Instance, scope: Scope, signal: AbortSignal): Promise<{ family: string; id: string }[]> {
+  /**
+   * Where the instance takes traffic now, without changing anything (the keep-out re-check): a target
+   * still draining from the last deregistration is not "registered again".
+   */
+  async servingMemberships(instance: Instance, scope: Scope, signal: AbortSignal): Promise<{ family: string; id: string }[]> {
     const found = await Promise.all(
-      this.options.families.map(async (family) => (await family.memberships(instance, scope, { signal, found: () => undefined, note: () => undefined })).map((m) => ({ family: family.name, id: m.id }))),
+      this.options.families.map(async (family) =>
+        (await family.memberships(instance, scope, { signal, found: () => undefined, note: () => undefined })).filter((m) => m.serving).map((m) => ({ family: family.name, id: m.id })),
+      ),
     );
     return found.flat();
   }

@@ -21,6 +21,12 @@ export interface Membership {
   readonly id: string;
   /** What a drain status shows for it, besides family and state: e.g. { name } or { arn, targets }. */
   readonly summary: Readonly<Record<string, unknown>>;
+  /**
+   * The load balancer may send it new traffic: registered and not on its way out. A target group's
+   * target in `draining` or `unused` is a membership (a drain waits for it) but not serving (the
+   * keep-out re-check does not count it as registered again).
+   */
+  readonly serving: boolean;
 }
 
 export type OutCheck = { readonly out: true } | { readonly out: false; readonly detail: string };

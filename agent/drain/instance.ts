@@ -6,6 +6,10 @@ export interface Instance {
   readonly privateIps: readonly string[];
   /** Delegated IPv4 prefixes (CIDR), whose addresses pods may use as ip targets. */
   readonly ipv4Prefixes: readonly string[];
+  /** Every IPv6 address of every network interface (an IPv6 cluster's ip targets). */
+  readonly ipv6Addresses: readonly string[];
+  /** Delegated IPv6 prefixes (CIDR, usually /80), whose addresses an IPv6 cluster's pods use. */
+  readonly ipv6Prefixes: readonly string[];
   readonly tags: Readonly<Record<string, string>>;
 }
 

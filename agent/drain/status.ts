@@ -3,6 +3,7 @@
 export type Trigger =
   | 'spot-interruption'
   | 'asg-termination'
+  | 'asg-warm-pool'
   | 'scheduled-maintenance'
   | 'rebalance-recommendation'
   | 'sigterm'
