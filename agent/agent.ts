@@ -324,7 +324,15 @@ class Agent implements AgentApi {
           const known = this.lastKnownSelf;
           this.logger.error({ err: error, lastKnown: known !== undefined }, 'could not look up this instance: draining by id and the last known addresses');
           const privateIps = [...new Set([...(known?.privateIps ?? []), ...(self.privateIp ? [self.privateIp] : [])])];
-          return { id: self.instanceId, vpcId: resolved.placement.vpcId, privateIps, ipv4Prefixes: known?.ipv4Prefixes ?? [], tags: known?.tags ?? {} };
+          return {
+            id: self.instanceId,
+            vpcId: resolved.placement.vpcId,
+            privateIps,
+            ipv4Prefixes: known?.ipv4Prefixes ?? [],
+            ipv6Addresses: known?.ipv6Addresses ?? [],
+            ipv6Prefixes: known?.ipv6Prefixes ?? [],
+            tags: known?.tags ?? {},
+          };
         }
         await backoff(attempt, AbortSignal.timeout(Math.max(1, giveUpAt - Date.now()))).catch(() => undefined);
       }

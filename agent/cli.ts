@@ -1,6 +1,6 @@
 /** The command line: which command, which options, and the help text that documents them all. */
 import { parseArgs } from 'node:util';
-import { isIpv4 } from './aws/ipv4.ts';
+import { ipFamily } from './drain/addresses.ts';
 import type { Scope } from './drain/family.ts';
 import type { InstanceRef } from './drain/instance.ts';
 
@@ -37,7 +37,7 @@ export function parseInstanceRef(id: string | undefined, ip: string | undefined)
     return { id };
   }
   if (ip !== undefined) {
-    if (!isIpv4(ip)) throw new UsageError(`${JSON.stringify(ip)} is not an IPv4 address such as 10.0.1.23`);
+    if (!ipFamily(ip)) throw new UsageError(`${JSON.stringify(ip)} is not an IPv4 address such as 10.0.1.23, nor an IPv6 address such as 2600:1f18::1c`);
     return { ip };
   }
   return undefined;
@@ -113,7 +113,7 @@ Usage:
 
 drain options:
   --id i-…            the instance to drain
-  --ip 10.…           or any private IPv4 address of it (secondary and prefix addresses too)
+  --ip 10.…|2600:…    or any address of it: private IPv4 or IPv6, secondary and prefix addresses too
                       (neither: this instance, from IMDS)
   --service NS/NAME   only the load balancers of this Kubernetes Service
   --timeout S         seconds to wait until out (default DRAIN_TIMEOUT)

@@ -123,7 +123,7 @@ describe('parseCommand: drain', () => {
 
   it('a malformed --id or --ip says what is wrong', () => {
     assert.equal(usageError(['drain', '--id', 'i-xyz']).message, '"i-xyz" is not an instance id: expected i- and 8 or 17 hex digits');
-    assert.equal(usageError(['drain', '--ip', '10.0.1.256']).message, '"10.0.1.256" is not an IPv4 address such as 10.0.1.23');
+    assert.equal(usageError(['drain', '--ip', '10.0.1.256']).message, '"10.0.1.256" is not an IPv4 address such as 10.0.1.23, nor an IPv6 address such as 2600:1f18::1c');
   });
 
   it('--service gives the Service scope', () => {
@@ -200,17 +200,17 @@ describe('parseInstanceRef', () => {
     }
   });
 
-  it('accepts IPv4 addresses', () => {
-    for (const ip of ['10.0.1.5', '192.168.0.1', '172.31.255.255', '0.0.0.0', '255.255.255.255']) {
+  it('accepts IPv4 and IPv6 addresses (an IPv6 cluster\'s ip targets)', () => {
+    for (const ip of ['10.0.1.5', '192.168.0.1', '172.31.255.255', '0.0.0.0', '255.255.255.255', '2600:1f18:4a1:8a00::1c', 'fd00::1', '::1']) {
       assert.deepEqual(parseInstanceRef(undefined, ip), { ip }, ip);
     }
   });
 
-  for (const ip of ['10.0.1.256', '10.0.1', '10.0.1.5.6', 'abc', '10.0.1.5/32', '::1', 'fd00::1', '010.0.1.5', '10.0.1.-1', '', ' 10.0.1.5']) {
+  for (const ip of ['10.0.1.256', '10.0.1', '10.0.1.5.6', 'abc', '10.0.1.5/32', '2600:1f18::/80', 'fe80::1%eth0', '2600:1f18::1::2', '010.0.1.5', '10.0.1.-1', '', ' 10.0.1.5']) {
     it(`refuses the ip ${JSON.stringify(ip)}, saying what an address looks like`, () => {
       assert.throws(() => parseInstanceRef(undefined, ip), {
         name: 'UsageError',
-        message: `${JSON.stringify(ip)} is not an IPv4 address such as 10.0.1.23`,
+        message: `${JSON.stringify(ip)} is not an IPv4 address such as 10.0.1.23, nor an IPv6 address such as 2600:1f18::1c`,
       });
     });
   }

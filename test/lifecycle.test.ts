@@ -26,7 +26,7 @@ import { awsClients, REGION, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, killAllAgents, spawnAgent, waitReady } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
-const instance = (tags: Record<string, string>): Instance => ({ id: 'i-0123456789abcdef0', vpcId: 'vpc-01234567', privateIps: [], ipv4Prefixes: [], tags });
+const instance = (tags: Record<string, string>): Instance => ({ id: 'i-0123456789abcdef0', vpcId: 'vpc-01234567', privateIps: [], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [], tags });
 const GROUP = { 'aws:autoscaling:groupName': 'nodes-a' };
 const drained = (state: DrainStatus['state']) => ({ state }) as DrainStatus;
 const noActiveAction = () => Object.assign(new Error('No active Lifecycle Action found with instance ID i-0123456789abcdef0'), { name: 'ValidationError' });

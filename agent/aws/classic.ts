@@ -49,7 +49,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     // Batch by batch: a batch that cannot be read must not hold up the others' deregistration.
     const settled = await Promise.allSettled(
       chunks(names, NAMES_PER_CALL).map(async (batch) => {
-        const found = (await this.describe(batch, ctx)).filter(isMember).map((lb) => membership(lb.LoadBalancerName!, instance.id));
+        const found = (await this.describe(batch, ctx)).filter(isMember).map((lb) => membership(lb.LoadBalancerName!, instance.id, true));
         found.forEach(ctx.found);
         return found;
       }),
@@ -93,7 +93,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   }
 
   fromSummary(summary: Readonly<Record<string, unknown>>, instance: Instance): ClassicMembership | undefined {
-    return typeof summary.name === 'string' && summary.name !== '' ? membership(summary.name, instance.id) : undefined;
+    return typeof summary.name === 'string' && summary.name !== '' ? membership(summary.name, instance.id, false) : undefined;
   }
 
   /** "Unknown" health is transient unless the load balancer no longer lists the instance at all. */
@@ -115,6 +115,7 @@ function nameOf(arn: string): string {
   return arn.slice(arn.lastIndexOf('/') + 1);
 }
 
-function membership(name: string, instanceId: string): ClassicMembership {
-  return { id: name, name, instanceId, summary: { name } };
+/** `serving`: listed by DescribeLoadBalancers, which drops an instance as soon as it is deregistered. */
+function membership(name: string, instanceId: string, serving: boolean): ClassicMembership {
+  return { id: name, name, instanceId, serving, summary: { name } };
 }

@@ -1,6 +1,7 @@
 /**
- * Finds an instance of the VPC by id or by any private IPv4 address: primary, secondary, or inside a
- * delegated prefix (the VPC CNI's prefix mode hands pods such addresses, and ip target groups hold them).
+ * Finds an instance of the VPC by id or by any of its addresses: private IPv4 (primary, secondary), IPv6,
+ * or one inside a delegated IPv4 or IPv6 prefix (the VPC CNI's prefix mode hands pods such addresses,
+ * and ip target groups hold them).
  */
 import {
   DescribeInstancesCommand,
@@ -12,7 +13,7 @@ import {
 } from '@aws-sdk/client-ec2';
 import { InstanceNotFoundError, type Instance, type InstanceLookup, type InstanceRef } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
-import { cidrContains } from './ipv4.ts';
+import { cidrContains, ipFamily } from '../drain/addresses.ts';
 import { tagsFromList } from './tags.ts';
 
 export class Ec2InstanceLookup implements InstanceLookup {
@@ -45,7 +46,7 @@ export class Ec2InstanceLookup implements InstanceLookup {
       new DescribeNetworkInterfacesCommand({
         Filters: [
           { Name: 'vpc-id', Values: [this.vpcId] },
-          { Name: 'addresses.private-ip-address', Values: [ip] },
+          { Name: ipFamily(ip) === 'ipv6' ? 'ipv6-addresses.ipv6-address' : 'addresses.private-ip-address', Values: [ip] },
         ],
       }),
       { abortSignal: signal },
@@ -71,7 +72,9 @@ export class Ec2InstanceLookup implements InstanceLookup {
 function interfaceHolds(eni: NetworkInterface, ip: string): boolean {
   return (
     (eni.PrivateIpAddresses ?? []).some((address) => address.PrivateIpAddress === ip) ||
-    (eni.Ipv4Prefixes ?? []).some((prefix) => prefix.Ipv4Prefix !== undefined && cidrContains(prefix.Ipv4Prefix, ip))
+    (eni.Ipv6Addresses ?? []).some((address) => address.Ipv6Address !== undefined && cidrContains(`${address.Ipv6Address}/128`, ip)) ||
+    (eni.Ipv4Prefixes ?? []).some((prefix) => prefix.Ipv4Prefix !== undefined && cidrContains(prefix.Ipv4Prefix, ip)) ||
+    (eni.Ipv6Prefixes ?? []).some((prefix) => prefix.Ipv6Prefix !== undefined && cidrContains(prefix.Ipv6Prefix, ip))
   );
 }
 
@@ -87,6 +90,8 @@ function toInstance(instance: Ec2Instance, vpcId: string): Instance {
     vpcId,
     privateIps: [...privateIps],
     ipv4Prefixes: interfaces.flatMap((eni) => (eni.Ipv4Prefixes ?? []).flatMap((prefix) => (prefix.Ipv4Prefix ? [prefix.Ipv4Prefix] : []))),
+    ipv6Addresses: interfaces.flatMap((eni) => (eni.Ipv6Addresses ?? []).flatMap((address) => (address.Ipv6Address ? [address.Ipv6Address] : []))),
+    ipv6Prefixes: interfaces.flatMap((eni) => (eni.Ipv6Prefixes ?? []).flatMap((prefix) => (prefix.Ipv6Prefix ? [prefix.Ipv6Prefix] : []))),
     tags: tagsFromList(instance.Tags),
   };
 }

@@ -18,7 +18,7 @@ import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
 import { fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
 import type { Logger } from '../log.ts';
-import { cidrContains } from './ipv4.ts';
+import { instanceHoldsAddress } from '../drain/addresses.ts';
 import { inScope, type Tags } from './tags.ts';
 
 export interface TargetGroupMembership extends Membership {
@@ -29,6 +29,11 @@ export interface TargetGroupMembership extends Membership {
 const GONE = new Set(['TargetGroupNotFound', 'TargetGroupNotFoundException']);
 /** Real AWS succeeds deregistering an absent target; some emulators answer InvalidTarget. Either way it is out. */
 const TARGET_ABSENT = 'InvalidTarget';
+/**
+ * States in which the load balancer may still send the target new connections. `draining` (deregistered,
+ * finishing what it has) and `unused` are on their way out: the keep-out re-check must not count them.
+ */
+const SERVING_STATES = new Set(['initial', 'healthy', 'unhealthy', 'unhealthy.draining', 'unavailable']);
 
 export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembership> {
   readonly name = 'target-group';
@@ -103,7 +108,8 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
       const valid = typeof id === 'string' && (port === undefined || Number.isInteger(port));
       return valid && isThisInstance(id, instance) ? [{ Id: id, Port: port as number | undefined }] : [];
     });
-    return stillThisInstance.length > 0 ? toMembership(arn, stillThisInstance) : undefined;
+    // Put back from memory: not serving until registered again.
+    return stillThisInstance.length > 0 ? toMembership(arn, stillThisInstance, false) : undefined;
   }
 
 
@@ -117,11 +123,10 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
       throw error;
     }
     const isInstance = (id: string): boolean => (group.TargetType === 'instance' ? id === instance.id : isThisInstance(id, instance) && id !== instance.id);
-    const targets = (health.TargetHealthDescriptions ?? [])
-      .filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id))
-      .map((description) => description.Target!);
-    if (targets.length === 0) return undefined;
-    return toMembership(arn, targets);
+    const mine = (health.TargetHealthDescriptions ?? []).filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id));
+    if (mine.length === 0) return undefined;
+    const serving = mine.some((description) => SERVING_STATES.has(description.TargetHealth?.State ?? ''));
+    return toMembership(arn, mine.map((description) => description.Target!), serving);
   }
 }
 
@@ -137,11 +142,11 @@ function groupsInScope({ loadBalancers, targetGroups, groups }: Inventory, vpcId
   );
 }
 
-/** A target id that names the instance: its id, any private address of it, or one inside its prefixes. */
+/** A target id that names the instance: its id, any address of it, or one inside its prefixes. */
 function isThisInstance(id: string, instance: Instance): boolean {
-  return id === instance.id || instance.privateIps.includes(id) || instance.ipv4Prefixes.some((prefix) => cidrContains(prefix, id));
+  return id === instance.id || instanceHoldsAddress(instance, id);
 }
 
-function toMembership(arn: string, targets: readonly TargetDescription[]): TargetGroupMembership {
-  return { id: arn, arn, targets, summary: { arn, targets: targets.map((target) => ({ id: target.Id, port: target.Port })) } };
+function toMembership(arn: string, targets: readonly TargetDescription[], serving: boolean): TargetGroupMembership {
+  return { id: arn, arn, targets, serving, summary: { arn, targets: targets.map((target) => ({ id: target.Id, port: target.Port })) } };
 }

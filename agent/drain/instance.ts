@@ -13,7 +13,7 @@ export interface Instance {
   readonly tags: Readonly<Record<string, string>>;
 }
 
-/** How a caller names an instance: by id, or by any of its private IPv4 addresses. */
+/** How a caller names an instance: by id, or by any of its addresses (private IPv4, IPv6, prefixes). */
 export type InstanceRef = { readonly id: string } | { readonly ip: string };
 
 export class InstanceNotFoundError extends Error {
