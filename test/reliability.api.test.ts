@@ -21,6 +21,9 @@ let agent: AgentProcess;
 before(() => rig.open());
 after(() => rig.close());
 
+/** What POST /drain takes (README.md's API table); any other parameter is a mistake. */
+const DRAIN_PARAMETERS = ['id', 'ip', 'service', 'pod', 'wait', 'timeout', 'asg', 'pw'];
+
 /** Runs per property: enough to find the classes of trouble, bounded so the suite stays quick. */
 const RUNS = Number(process.env.RELIABILITY_API_RUNS ?? 150);
 
@@ -105,8 +108,8 @@ const localAddress = fc.tuple(fc.integer({ min: 1, max: 254 }), fc.integer({ min
 
 const hostile: fc.Arbitrary<RawRequest> = fc.record({ method, target: fc.tuple(path, query).map(([p, q]) => (q ? `${p}?${q}` : p)), headers, body, localAddress });
 
-/** What a client mistake may be answered with; 429 is the guess limiter, 503 only while not ready. */
-const CLIENT_MISTAKE = new Set([400, 401, 404, 405, 413, 414, 429, 431]);
+/** What a client mistake may be answered with; 429 is the guess limiter, 417 an Expect other than 100-continue. */
+const CLIENT_MISTAKE = new Set([400, 401, 404, 405, 413, 414, 417, 429, 431]);
 
 function assertAnswered(answer: RawAnswer, request: RawRequest, allowed: Set<number>): void {
   if (answer.status === undefined) {
@@ -164,7 +167,7 @@ describe('hostile requests (fast-check)', () => {
         nasty.filter((s) => !/^(\d+)$/.test(s) || Number(s) < 1 || Number(s) > 3600).map((s) => ['timeout', s] as [string, string]),
         nasty.filter((s) => !['', 'true', 'false', '0', '1'].includes(s)).map((s) => ['wait', s] as [string, string]),
         fc.constantFrom<[string, string]>(['id', 'i-0123456789abcdef0'], ['ip', '10.0.1.23'], ['wait', 'true'], ['timeout', '5'], ['service', 'a/b']).map((p) => ['repeat', ...p] as unknown as [string, string]),
-        fc.stringMatching(/^[a-z]{1,8}$/).filter((k) => !['id', 'ip', 'pw', 'service', 'wait', 'timeout'].includes(k)).map((k) => [k, 'x'] as [string, string]),
+        fc.stringMatching(/^[a-z]{1,8}$/).filter((k) => !DRAIN_PARAMETERS.includes(k)).map((k) => [k, 'x'] as [string, string]),
       ),
       how: fc.integer({ min: 0, max: 1 }),
       secretIn: fc.constantFrom('query', 'bearer'),
@@ -215,6 +218,39 @@ describe('hostile requests (fast-check)', () => {
       record(t, { requests: sent });
     },
   );
+});
+
+describe('strict parameters, on the built agent', () => {
+  before(async () => {
+    await rig.fresh();
+    agent = await rig.startAgent({ LOGLEVEL: 'debug' });
+  });
+  after(() => rig.cleanup());
+
+  test('a parameter a route does not take, or pod= without service=: 400 naming it and the fix, never a drain; a secret in a mistyped URL is never logged', async (t) => {
+    const bearer = ['Authorization', `Bearer ${SECRET}`] as const;
+    const cases: [string, string, RegExp][] = [
+      ['POST', '/drain?pod=web-0', /pod= needs service=.*add service=<namespace>\/<name>, or leave out pod=/],
+      ['POST', '/drain?foo=1', /unknown parameter "foo": POST \/drain takes id, ip, service, pod, wait, timeout, asg, pw/],
+      ['GET', `/drain/${rig.world.node.id}?foo=1`, /unknown parameter "foo": GET \/drain\/<instance-id> takes only pw/],
+      ['GET', '/healthz?foo=1', /unknown parameter "foo": GET \/healthz takes no parameters/],
+      ['GET', '/readyz?foo=1', /unknown parameter "foo": GET \/readyz takes no parameters/],
+      ['GET', '/metrics?foo=1', /unknown parameter "foo": GET \/metrics takes no parameters/],
+    ];
+    for (const [method, target, error] of cases) {
+      const answer = await rawRequest(agent.port, { method, target, headers: [bearer], localAddress: '127.0.7.1' });
+      assert.equal(answer.status, 400, `${method} ${target}: ${answer.body}`);
+      assert.match((JSON.parse(answer.body) as { error: string }).error, error);
+    }
+    // The secret where no parameter goes: nothing to log but the route.
+    for (const [target, status] of [[`/drain&pw=${SECRET}`, 404], [`/drain/${SECRET}`, 400]] as const) {
+      assert.equal((await rawRequest(agent.port, { method: 'GET', target, headers: [bearer], localAddress: '127.0.7.2' })).status, status, target);
+    }
+    assert.equal(rig.deregisterCalls().length, 0, 'nothing was drained');
+    await sleep(200);
+    assertSecretNeverWritten();
+    record(t, { requests: cases.length + 2, drains: 0 });
+  });
 });
 
 describe('oversized and slow requests, many connections', () => {

@@ -1,6 +1,7 @@
 /**
- * The HTTP API of DESIGN.md: POST /drain, GET /drain/<id>, /healthz, /readyz, /metrics, on one port.
- * It knows nothing of AWS or IMDS: it authenticates, validates, and asks the agent.
+ * The HTTP API (README.md, "The HTTP API"): POST /drain, GET /drain/<id>, /healthz, /readyz, /metrics,
+ * on one port. It knows nothing of AWS or IMDS: it authenticates, validates, and asks the agent. Every
+ * error, including those Node's parser answers, is JSON `{ "error": "<cause>: <fix>" }`.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { errorMessage } from '../aws/errors.ts';
@@ -54,15 +55,64 @@ export interface ApiServerOptions {
 
 /** Large enough for any legitimate request, which carries everything in its query string. */
 const MAX_BODY_BYTES = 16 * 1024;
-const QUERY_KEYS = new Set(['id', 'ip', 'service', 'pw', 'wait', 'timeout', 'asg', 'pod']);
+const MAX_HEAD_BYTES = 8 * 1024;
+// Slow clients are cut off: headers within 5 s, the whole request within 10 s.
+const HEADERS_TIMEOUT_MS = 5_000;
+const REQUEST_TIMEOUT_MS = 10_000;
+/** When a client refused for being early (not ready) or many (too many drains) should come back. */
+const RETRY_AFTER_SECONDS = 5;
 /** A pod name: a DNS-1123 subdomain. */
 const POD_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 
+interface Route {
+  /** The `route` label of hasta_la_vista_api_requests_total. */
+  readonly name: 'drain' | 'drain-status' | 'healthz' | 'readyz' | 'metrics';
+  /** As messages show it. */
+  readonly path: string;
+  readonly methods: readonly string[];
+  /** Every query parameter it takes; any other is refused, so a misspelt one is never silently ignored. */
+  readonly parameters: readonly string[];
+  readonly authenticated: boolean;
+}
+
+const HEALTH = { methods: ['GET', 'HEAD'], parameters: [], authenticated: false } as const;
+const ROUTES: readonly Route[] = [
+  { name: 'drain', path: '/drain', methods: ['POST'], parameters: ['id', 'ip', 'service', 'pod', 'wait', 'timeout', 'asg', 'pw'], authenticated: true },
+  { name: 'drain-status', path: '/drain/<instance-id>', methods: ['GET', 'HEAD'], parameters: ['pw'], authenticated: true },
+  { name: 'healthz', path: '/healthz', ...HEALTH },
+  { name: 'readyz', path: '/readyz', ...HEALTH },
+  { name: 'metrics', path: '/metrics', ...HEALTH },
+];
+const STATUS_ROUTE = ROUTES.find((route) => route.name === 'drain-status')!;
+const STATUS_PREFIX = '/drain/';
+
+function routeOf(pathname: string): Route | undefined {
+  return pathname.startsWith(STATUS_PREFIX) ? STATUS_ROUTE : ROUTES.find((route) => route.path === pathname);
+}
+
+const shown = (route: Route) => `${route.methods[0]} ${route.path}`;
+
+/**
+ * The path as logged: a route's own, never other text a client sent, which may hold the secret (a
+ * mistyped "/drain&pw=SECRET", a secret pasted where the instance id goes).
+ */
+function loggablePath(rawUrl: string | undefined): string {
+  const path = (rawUrl ?? '').split('?')[0]!;
+  if (path.startsWith(STATUS_PREFIX)) return INSTANCE_ID.test(path.slice(STATUS_PREFIX.length)) ? path : `${STATUS_PREFIX}<not an instance id>`;
+  return routeOf(path) ? path : '<no such endpoint>';
+}
+
 /** Answers to requests Node's parser refuses before they reach a handler. */
-const CLIENT_ERROR_STATUS: Record<string, string> = {
-  ERR_HTTP_REQUEST_TIMEOUT: '408 Request Timeout',
-  HPE_HEADER_OVERFLOW: '431 Request Header Fields Too Large',
+const CLIENT_ERRORS: Record<string, { readonly status: string; readonly error: string }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: {
+    status: '408 Request Timeout',
+    error: `the request took too long to arrive (headers within ${HEADERS_TIMEOUT_MS / 1000} s, all of it within ${REQUEST_TIMEOUT_MS / 1000} s): send it at once`,
+  },
+  HPE_HEADER_OVERFLOW: { status: '431 Request Header Fields Too Large', error: `the request line and headers exceed ${MAX_HEAD_BYTES / 1024} KiB: shorten the URL, send fewer headers` },
 };
+
+/** What a client sees when the agent itself failed; the cause is in its log, never in the answer. */
+const INTERNAL_ERROR = 'internal error in the agent: its log has the cause ("API request failed unexpectedly"); try again, and report it if it persists';
 
 class HttpError extends Error {
   constructor(
@@ -78,26 +128,27 @@ export function createApiServer(options: ApiServerOptions): Server {
   const limiter = options.guessLimiter ?? new GuessLimiter();
   const server = createServer(
     {
-      // Slow clients are cut off: headers within 5 s, the whole request within 10 s.
-      headersTimeout: 5_000,
-      requestTimeout: 10_000,
+      headersTimeout: HEADERS_TIMEOUT_MS,
+      requestTimeout: REQUEST_TIMEOUT_MS,
       keepAliveTimeout: 5_000,
-      maxHeaderSize: 8 * 1024,
+      maxHeaderSize: MAX_HEAD_BYTES,
       // How often those timeouts are enforced; Node's default (30 s) would let slow clients linger.
       connectionsCheckingInterval: 1_000,
+      // Checked in handle(), so that the answer is JSON like every other.
+      requireHostHeader: false,
     },
     (req, res) => {
       const started = Date.now();
       // Read now: once a client has hung up, its socket no longer knows its address.
       const client = req.socket.remoteAddress ?? 'unknown';
-      const path = (req.url ?? '').split('?')[0]; // the path only: the query may hold the secret
+      const path = loggablePath(req.url);
       let route = 'other';
       void handle(req, res, client, options, limiter, (name) => (route = name))
         .catch((error: unknown) => {
           if (res.destroyed || req.socket.destroyed) return; // the client went away; nobody to answer
           const httpError = error instanceof HttpError ? error : undefined;
           if (!httpError) options.logger.error({ err: error, path }, 'API request failed unexpectedly');
-          if (!res.headersSent) sendJson(res, httpError?.status ?? 500, { error: httpError?.message ?? 'internal error' }, httpError?.headers);
+          if (!res.headersSent) sendJson(res, httpError?.status ?? 500, { error: httpError?.message ?? INTERNAL_ERROR }, httpError?.headers);
         })
         .finally(() => {
           const code = res.headersSent ? String(res.statusCode) : 'aborted';
@@ -112,8 +163,16 @@ export function createApiServer(options: ApiServerOptions): Server {
   server.maxRequestsPerSocket = 100;
   server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
     if (!socket.writable) return void socket.destroy();
-    const status = CLIENT_ERROR_STATUS[error.code ?? ''] ?? '400 Bad Request';
-    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    const { status, error: message } = CLIENT_ERRORS[error.code ?? ''] ?? {
+      status: '400 Bad Request',
+      error: `malformed HTTP request (${error.code ?? 'unknown parser error'}): send a well-formed HTTP/1.1 request`,
+    };
+    const body = JSON.stringify({ error: message });
+    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+  // Without a listener Node answers an Expect other than 100-continue with an empty 417.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    sendJson(res, 417, { error: `"Expect: ${req.headers.expect}" is not supported: send the request without it` });
   });
   return server;
 }
@@ -126,44 +185,60 @@ async function handle(
   limiter: GuessLimiter,
   setRoute: (route: string) => void,
 ): Promise<void> {
-  let url: URL;
-  try {
-    url = new URL(req.url ?? '/', 'http://agent');
-  } catch {
-    throw new HttpError(400, 'malformed request URL');
-  }
-  const { pathname } = url;
+  if (req.httpVersion === '1.1' && req.headers.host === undefined) throw new HttpError(400, 'the request has no Host header, which HTTP/1.1 requires: send one (any value)');
+  const url = parseUrl(req.url ?? '/');
+  const route = routeOf(url.pathname);
+  if (!route) throw new HttpError(404, `no such endpoint ${JSON.stringify(url.pathname.slice(0, 200))}: the API has ${ROUTES.map(shown).join(', ')}`);
+  setRoute(route.name);
+  allowMethods(req, route);
+  if (route.authenticated) authenticate(req, client, url.searchParams, options.secret, limiter);
+  await drainBody(req);
+  checkParameters(url.searchParams, route);
 
-  if (pathname === '/healthz' || pathname === '/readyz' || pathname === '/metrics') {
-    setRoute(pathname.slice(1));
-    allowMethods(req, ['GET', 'HEAD']);
-    await drainBody(req);
-    if (pathname === '/healthz') {
+  switch (route.name) {
+    case 'healthz': {
       const alive = options.agent.alive();
-      return sendJson(res, alive ? 200 : 503, { status: alive ? 'ok' : 'the IMDS watcher has stopped ticking' });
+      return sendJson(res, alive ? 200 : 503, alive ? { status: 'ok' } : { status: 'not alive', reason: 'the IMDS watcher has stopped ticking' });
     }
-    if (pathname === '/readyz') {
+    case 'readyz': {
       const readiness = options.agent.readiness();
       return sendJson(res, readiness.ready ? 200 : 503, readiness.ready ? { status: 'ready' } : { status: 'not ready', reason: readiness.reason });
     }
-    res.writeHead(200, { 'content-type': options.metrics.registry.contentType });
-    return void res.end(await options.metrics.registry.metrics());
+    case 'metrics':
+      res.writeHead(200, { 'content-type': options.metrics.registry.contentType });
+      return void res.end(await options.metrics.registry.metrics());
+    case 'drain-status':
+      // An instance id needs no decoding: taken as sent, anything else is simply not an id.
+      return statusRoute(res, url.pathname.slice(STATUS_PREFIX.length), options.agent);
+    case 'drain':
+      return drainRoute(res, url.searchParams, options.agent);
   }
-
-  if (pathname === '/drain' || pathname.startsWith('/drain/')) {
-    const isStatus = pathname !== '/drain';
-    setRoute(isStatus ? 'drain-status' : 'drain');
-    allowMethods(req, isStatus ? ['GET', 'HEAD'] : ['POST']);
-    authenticate(req, client, url.searchParams, options.secret, limiter);
-    await drainBody(req);
-    // An instance id needs no decoding: taken as sent, anything else is simply not an id.
-    return isStatus ? statusRoute(res, pathname.slice('/drain/'.length), options.agent) : drainRoute(res, url.searchParams, options.agent);
-  }
-  throw new HttpError(404, `no such endpoint ${JSON.stringify(pathname)}: see the README for POST /drain, GET /drain/<instance-id>, /healthz, /readyz, /metrics`);
 }
 
-function allowMethods(req: IncomingMessage, methods: string[]): void {
-  if (!methods.includes(req.method ?? '')) throw new HttpError(405, `method ${req.method} is not allowed here: use ${methods.join(' or ')}`, { allow: methods.join(', ') });
+/** The request target as a URL; "//drain" stays a path (a base URL would read "drain" as a host). */
+function parseUrl(target: string): URL {
+  try {
+    return new URL(target.startsWith('/') ? `http://agent${target}` : target);
+  } catch {
+    throw new HttpError(400, 'malformed request URL: send a path such as /drain?id=i-0123456789abcdef0');
+  }
+}
+
+/** Refuses what the route does not take: a parameter it does not know, or one given twice. */
+function checkParameters(query: URLSearchParams, route: Route): void {
+  for (const key of new Set(query.keys())) {
+    if (route.parameters.includes(key)) continue;
+    const takes = route.parameters.length === 0 ? 'no parameters' : route.parameters.length === 1 ? `only ${route.parameters[0]}` : route.parameters.join(', ');
+    throw new HttpError(400, `unknown parameter ${JSON.stringify(key)}: ${shown(route)} takes ${takes}; remove it or correct its spelling`);
+  }
+  // The secret may repeat: offeredSecret() accepts the same one twice and refuses two different ones.
+  for (const key of route.parameters) {
+    if (key !== 'pw' && query.getAll(key).length > 1) throw new HttpError(400, `parameter ${key} is given more than once: give it once`);
+  }
+}
+
+function allowMethods(req: IncomingMessage, { methods, path }: Route): void {
+  if (!methods.includes(req.method ?? '')) throw new HttpError(405, `method ${req.method} is not allowed on ${path}: use ${methods.join(' or ')}`, { allow: methods.join(', ') });
 }
 
 function authenticate(req: IncomingMessage, address: string, query: URLSearchParams, secret: string, limiter: GuessLimiter): void {
@@ -202,7 +277,7 @@ function drainBody(req: IncomingMessage): Promise<void> {
 function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): void {
   if (!INSTANCE_ID.test(instanceId)) throw new HttpError(400, `${JSON.stringify(instanceId)} is not an instance id: expected i- and 8 or 17 hex digits`);
   const status = agent.statusOf(instanceId);
-  if (!status) throw new HttpError(404, `no drain of ${instanceId} is known to this agent`);
+  if (!status) throw new HttpError(404, `no drain of ${instanceId} is known to this agent, which knows the drains it ran since it started: POST /drain?id=${instanceId} starts one`);
   sendJson(res, 200, status);
 }
 
@@ -216,11 +291,11 @@ async function drainRoute(res: ServerResponse, query: URLSearchParams, agent: Ag
   try {
     handle = await agent.drain(request, aborted.signal);
   } catch (error) {
-    if (error instanceof InstanceNotFoundError) throw new HttpError(404, error.message);
-    if (error instanceof TooManyDrainsError) throw new HttpError(429, error.message, { 'retry-after': '5' });
-    if (error instanceof NotReadyError) throw new HttpError(503, error.message, { 'retry-after': '5' });
-    // What is left is AWS failing to find the instance (throttling, permissions): not the client's mistake.
-    throw new HttpError(502, `could not look up the instance: ${errorMessage(error)}`);
+    if (error instanceof InstanceNotFoundError) throw new HttpError(404, `${error.message}: check the id or IP; an agent drains only instances of its own VPC`);
+    if (error instanceof TooManyDrainsError) throw new HttpError(429, error.message, { 'retry-after': String(RETRY_AFTER_SECONDS) });
+    if (error instanceof NotReadyError) throw new HttpError(503, `${error.message}; try again in ${RETRY_AFTER_SECONDS} s`, { 'retry-after': String(RETRY_AFTER_SECONDS) });
+    // What is left is AWS (or IMDS, for this node) failing to find the instance: throttling, permissions.
+    throw new HttpError(502, `could not look up the instance: ${errorMessage(error)}; try again`);
   }
   const location = `/drain/${handle.status().instanceId}`;
   // 202 while it runs; a drain decided against at once (skipped) is answered 200 right away.
@@ -259,30 +334,35 @@ function httpStatusOf(status: DrainStatus): number {
 }
 
 function parseDrainRequest(query: URLSearchParams): DrainRequest {
-  const unknown = [...query.keys()].filter((key) => !QUERY_KEYS.has(key));
-  if (unknown.length > 0) throw new HttpError(400, `unknown parameter ${JSON.stringify(unknown[0])}: expected id, ip, service, pod, wait, timeout, asg, pw`);
-  for (const key of ['id', 'ip', 'service', 'pod', 'wait', 'timeout', 'asg']) {
-    if (query.getAll(key).length > 1) throw new HttpError(400, `parameter ${key} is given more than once`);
+  if (query.has('id') && query.has('ip')) throw new HttpError(400, 'id= and ip= are both given: give one of them, or neither to drain this node');
+  if (query.has('pod') && !query.has('service')) {
+    throw new HttpError(400, 'pod= needs service=: it names the pod asking for a scoped drain of its Service; add service=<namespace>/<name>, or leave out pod=');
   }
+  const timeoutSeconds = parameter(query, 'timeout', (text) => parseTimeoutSeconds(text, ''));
+  return {
+    target: parameter(query, 'id', (id) => parseInstanceRef(id, undefined)) ?? parameter(query, 'ip', (ip) => parseInstanceRef(undefined, ip)),
+    scope: parameter(query, 'service', parseScope) ?? parseScope(undefined),
+    timeoutMs: timeoutSeconds === undefined ? undefined : timeoutSeconds * 1000,
+    asg: parseBoolean(query, 'asg'),
+    ...parsePod(query.get('pod')),
+  };
+}
+
+/** A parameter parsed by the command line's rules (cli.ts), its error naming it: `id="x" is not an instance id: …`. */
+function parameter<T>(query: URLSearchParams, key: string, parse: (value: string) => T): T | undefined {
+  const value = query.get(key);
+  if (value === null) return undefined;
   try {
-    const timeout = query.get('timeout');
-    const timeoutSeconds = timeout === null ? undefined : parseTimeoutSeconds(timeout, 'timeout=');
-    return {
-      target: parseInstanceRef(query.get('id') ?? undefined, query.get('ip') ?? undefined),
-      scope: parseScope(query.get('service') ?? undefined),
-      timeoutMs: timeoutSeconds === undefined ? undefined : timeoutSeconds * 1000,
-      asg: parseBoolean(query, 'asg'),
-      ...parsePod(query.get('pod')),
-    };
+    return parse(value);
   } catch (error) {
-    if (error instanceof UsageError) throw new HttpError(400, error.message);
+    if (error instanceof UsageError) throw new HttpError(400, `${key}=${error.message}`);
     throw error;
   }
 }
 
 function parsePod(pod: string | null): { pod?: string } {
   if (pod === null) return {};
-  if (!POD_NAME.test(pod)) throw new HttpError(400, `pod=${JSON.stringify(pod)} is not a pod name (lower-case letters, digits, "-" and ".")`);
+  if (!POD_NAME.test(pod)) throw new HttpError(400, `pod=${JSON.stringify(pod)} is not a pod name: pass the pod's metadata.name (lower-case letters, digits, "-" and ".")`);
   return { pod };
 }
 

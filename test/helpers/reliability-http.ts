@@ -23,46 +23,65 @@ export interface RawRequest {
   /** Add a Content-Length matching the body (default true when a body is given). */
   readonly contentLength?: boolean;
   readonly localAddress?: string;
+  /** Leave out the Host header, which HTTP/1.1 requires. */
+  readonly withoutHost?: boolean;
 }
 
 /** Sends one request with "Connection: close" and reads until the server closes; rejects after `timeoutMs` (a hang). */
-export function rawRequest(port: number, request: RawRequest, timeoutMs = 8_000): Promise<RawAnswer> {
-  const started = Date.now();
+export async function rawRequest(port: number, request: RawRequest, timeoutMs = 8_000): Promise<RawAnswer> {
   const body = request.body === undefined ? undefined : Buffer.isBuffer(request.body) ? request.body : Buffer.from(request.body, 'utf8');
-  const lines = [`${request.method} ${request.target} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: close'];
+  const lines = [`${request.method} ${request.target} HTTP/1.1`, ...(request.withoutHost ? [] : ['Host: 127.0.0.1']), 'Connection: close'];
   for (const [name, value] of request.headers ?? []) lines.push(`${name}: ${value}`);
   if (body && request.contentLength !== false) lines.push(`Content-Length: ${body.length}`);
   const head = Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+  const { text, ms } = await rawExchange(port, body ? [head, body] : [head], { localAddress: request.localAddress, timeoutMs, describe: `${request.method} ${request.target.slice(0, 200)}` });
+  return parseAnswer(text, ms);
+}
 
+/**
+ * Writes `chunks` on a new connection and reads until the server closes it; rejects after `timeoutMs`
+ * (a hang). `end`: then half-close, as a client does that has nothing more to send.
+ */
+export function rawExchange(
+  port: number,
+  chunks: readonly Buffer[],
+  options: { localAddress?: string; timeoutMs?: number; describe?: string; end?: boolean } = {},
+): Promise<{ text: string; ms: number }> {
+  const started = Date.now();
+  const { localAddress, timeoutMs = 8_000, describe = 'the request', end = false } = options;
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port, ...(request.localAddress ? { localAddress: request.localAddress } : {}) });
-    const chunks: Buffer[] = [];
+    const socket = connect({ host: '127.0.0.1', port, ...(localAddress ? { localAddress } : {}) });
+    const received: Buffer[] = [];
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new Error(`no answer within ${timeoutMs} ms to ${request.method} ${request.target.slice(0, 200)}`));
+      reject(new Error(`no answer within ${timeoutMs} ms to ${describe}`));
     }, timeoutMs);
     socket.on('connect', () => {
-      socket.write(head);
-      if (body) socket.write(body);
+      for (const chunk of chunks) socket.write(chunk);
+      if (end) socket.end();
     });
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
     // The server may close while we still write (e.g. after a 413): what it answered is what counts.
     socket.on('error', () => undefined);
     socket.on('close', () => {
       clearTimeout(timer);
-      let text = Buffer.concat(chunks).toString('latin1');
-      // Interim answers (100 Continue to "Expect: 100-continue") come before the real one.
-      while (/^HTTP\/1\.[01] 1\d\d /.test(text) && text.includes('\r\n\r\n')) text = text.slice(text.indexOf('\r\n\r\n') + 4);
-      const split = text.indexOf('\r\n\r\n');
-      const status = /^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1];
-      resolve({
-        status: status === undefined ? undefined : Number(status),
-        head: split === -1 ? text : text.slice(0, split),
-        body: split === -1 ? '' : text.slice(split + 4),
-        ms: Date.now() - started,
-      });
+      resolve({ text: Buffer.concat(received).toString('latin1'), ms: Date.now() - started });
     });
   });
+}
+
+/** The first final answer in what a server sent, after any interim ones (100 Continue to "Expect: 100-continue"). */
+export function parseAnswer(sent: string, ms: number): RawAnswer {
+  let text = sent;
+  while (/^HTTP\/1\.[01] 1\d\d /.test(text) && text.includes('\r\n\r\n')) text = text.slice(text.indexOf('\r\n\r\n') + 4);
+  const split = text.indexOf('\r\n\r\n');
+  const status = /^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1];
+  return {
+    status: status === undefined ? undefined : Number(status),
+    head: split === -1 ? text : text.slice(0, split),
+    body: split === -1 ? '' : text.slice(split + 4),
+    ms,
+  };
 }
 
 /** An open connection that writes `bytes` one byte every `everyMs`; resolves when the server closes it. */
