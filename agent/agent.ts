@@ -1,7 +1,7 @@
 /**
- * The long-running agent (a DaemonSet pod): watches IMDS for notices, serves the API, drains its own
- * instance when the node is going away, keeps the node out, and decides on SIGTERM whether the node
- * is going away or only the pod is restarting.
+ * The long-running agent (a DaemonSet pod): wires the sources of evidence (IMDS notices, the Node watch,
+ * SIGTERM) to the one decision about the node (NodeFate), and that decision to the actions: drain the
+ * node and keep it out while it is going away, give it back when the signs pass. It serves the API.
  */
 import type { Server } from 'node:http';
 import { once } from 'node:events';
@@ -20,7 +20,12 @@ import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
 import { createApiServer, NotReadyError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
 import type { ImdsClient, InstanceIdentity } from './imds/client.ts';
-import { NoticesWatcher, type Notice } from './imds/notices.ts';
+import { NoticesWatcher } from './imds/notices.ts';
+import { fromNode, fromNotice } from './decision/evidence.ts';
+import { NodeFate, type VerdictChange } from './decision/node-fate.ts';
+import { decideOnSigterm } from './decision/sigterm.ts';
+import { NodeAnnotationMemory, isTakenOut } from './memory/taken-out.ts';
+import { TAKEN_OUT_ANNOTATION, WholeNodeMemory } from './memory/whole-node.ts';
 import { createKubeClient, type KubeClient } from './kube/client.ts';
 import { loadKubeAccess } from './kube/config.ts';
 import { NodeKeeper } from './kube/keep-out.ts';
@@ -28,7 +33,6 @@ import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { imdsFor, resolvePlacement, type Resolved } from './placement.ts';
 import { LocalServices } from './services/local-services.ts';
-import { classifyShutdown, nodeGoingAway } from './shutdown.ts';
 
 /** Start-up tries IMDS and AWS this many times (about a minute) before giving up with the reason. */
 const START_ATTEMPTS = 12;
@@ -45,6 +49,8 @@ interface Running {
   readonly inventory: TaggedInventory;
   /** With LOCAL_SERVICE_DRAIN and Kubernetes access: scoped drains of this node, and putting them back. */
   readonly services: LocalServices | undefined;
+  /** What drains of the whole node took out, to give back. */
+  readonly takenOut: WholeNodeMemory;
 }
 
 export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
@@ -61,8 +67,16 @@ class Agent implements AgentApi {
   private shuttingDown = false;
   /** This instance as last looked up, for when AWS cannot be asked at the moment it matters. */
   private lastKnownSelf: Instance | undefined;
-  /** Once this node is being drained from everything, nothing registers it back. */
+  /** The one decision about this node: going away or not. */
+  private readonly fate = new NodeFate();
+  /** Keys of the notices active at the last report: each counted once while it lasts. */
+  private noticesSeen = new Set<string>();
+  /** Once this node is being drained from everything, nothing registers it back (until it is given back). */
   private wholeDrainStarted = false;
+  /** The latest drain of the whole node, running or finished. */
+  private wholeDrain: DrainHandle | undefined;
+  /** One give-back at a time; a sign arriving meanwhile stops it. */
+  private givingBack: Promise<void> | undefined;
   private recheck: NodeJS.Timeout | undefined;
   /** Events and labels still being written: shutdown lets them finish before closing the clients. */
   private readonly sideEffects = new Set<Promise<unknown>>();
@@ -126,13 +140,19 @@ class Agent implements AgentApi {
       maintenanceLeadMs: this.config.maintenanceLeadMs,
       deadlineMarginMs: this.config.deadlineMarginMs,
       logger: this.logger.child({ component: 'notices' }),
-      onNotice: (notice) => this.onNotice(notice),
+      onNotices: (active) => {
+        for (const notice of active) if (!this.noticesSeen.has(notice.key)) this.metrics.noticesSeen.inc({ kind: notice.kind });
+        this.noticesSeen = new Set(active.map((notice) => notice.key));
+        this.fate.report('imds', active.map(fromNotice));
+      },
       onPollError: () => this.metrics.imdsErrors.inc(),
     });
     const services = this.localServices(provider.families, self);
+    const store = this.kube && this.config.nodeName ? new NodeAnnotationMemory(this.kube, this.config.nodeName, TAKEN_OUT_ANNOTATION, isTakenOut, this.logger) : undefined;
+    const takenOut = new WholeNodeMemory(store, provider.families, this.logger.child({ component: 'give-back' }));
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
     if (this.stop.signal.aborted) return resolved.clients.destroy();
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
     if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
 
@@ -142,13 +162,16 @@ class Agent implements AgentApi {
       return undefined;
     });
     if (this.stop.signal.aborted) return;
-    await this.healExclusion(watcher);
+    await this.settleOnStart(watcher, takenOut);
     await services?.load().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the scoped deregistrations to put back'));
     if (this.stop.signal.aborted) return;
     services?.start();
+    this.fate.onChange((change) => this.follow(change));
     watcher.start();
     this.logger.info({ instanceId: self.instanceId }, 'ready: watching IMDS for notices');
   }
+
+
 
   private localServices(families: readonly LoadBalancerFamily[], self: InstanceIdentity): LocalServices | undefined {
     if (!this.config.localServiceDrain) return undefined;
@@ -185,29 +208,75 @@ class Agent implements AgentApi {
     }
   }
 
-  /** A label this agent set earlier, with no termination in sight now: a false alarm or a finished reboot. */
-  private async healExclusion(watcher: NoticesWatcher): Promise<void> {
-    if (!this.keeper) return;
+  /**
+   * What an earlier run left (a label, deregistrations to undo), with no sign of going away now: a false
+   * alarm, a canceled event or a finished reboot. The node is given back; with any sign, it stays out
+   * and the watchers' first reports drain it again.
+   */
+  private async settleOnStart(watcher: NoticesWatcher, takenOut: WholeNodeMemory): Promise<void> {
     try {
+      await takenOut.load();
       const notices = await watcher.check();
-      if (notices.length > 0) {
-        this.logger.info({ notices: notices.map((n) => n.kind) }, 'termination notice present on start: the exclusion stays');
+      const node = this.kube && this.config.nodeName ? await this.kube.getNode(this.config.nodeName) : undefined;
+      const signs = [...notices.map(fromNotice), ...(node ? fromNode(node) : [])];
+      if (signs.length > 0) {
+        this.logger.info({ signs: signs.map((sign) => sign.reason) }, 'going away on start: the node stays out');
         return;
       }
-      await this.keeper.liftOwnExclusion(nodeGoingAway);
+      await this.giveBack('no sign of going away on start');
     } catch (error) {
-      this.logger.warn({ err: error }, 'could not check whether to lift an earlier exclusion; leaving the node as it is');
+      this.logger.warn({ err: error }, 'could not check whether to give back what an earlier run took out; leaving the node as it is');
     }
   }
 
-  // ---- triggers
+  // ---- acting on the decision
 
-  private onNotice(notice: Notice): void {
-    this.metrics.noticesSeen.inc({ kind: notice.kind });
-    this.logger.warn({ notice: notice.kind, deadline: notice.deadline?.toISOString(), detail: notice.detail }, 'termination notice: draining this node');
+  private follow(change: VerdictChange): void {
     if (this.shuttingDown) return;
-    const deadline = notice.deadline ?? new Date(Date.now() + this.config.drainTimeoutMs);
-    this.drainSelf(notice.kind, deadline, ALL).catch((error: unknown) => this.logger.error({ err: error }, 'could not start the drain of this node'));
+    const { verdict } = change;
+    if (!verdict.goingAway) {
+      if (change.givenBack) this.track((this.givingBack ??= this.giveBack(change.why).finally(() => (this.givingBack = undefined))));
+      return;
+    }
+    const deadline = verdict.deadline ?? new Date(Date.now() + this.config.drainTimeoutMs);
+    const triggers = verdict.evidence.map((sign) => sign.trigger);
+    this.logger.warn({ signs: verdict.evidence.map((sign) => sign.reason), deadline: deadline.toISOString() }, `the node is going away: ${change.why}`);
+    const running = this.wholeDrain;
+    if (running && running.status().state === 'draining') {
+      running.reschedule(deadline, triggers);
+      return;
+    }
+    // Out already, and kept out by the re-check: nothing to do for one more sign.
+    if (running?.status().state === 'deregistered' && this.wholeDrainStarted) return;
+    this.drainSelf(verdict.evidence[0]!.trigger, deadline, ALL)
+      .then((handle) => handle.reschedule(deadline, triggers))
+      .catch((error: unknown) => this.logger.error({ err: error }, 'could not start the drain of this node'));
+  }
+
+  /**
+   * The signs passed: end a drain still running, stop the re-check, register the instance again where
+   * the drains took it out, and remove the label this agent set. Stops as soon as a sign comes back.
+   */
+  private async giveBack(why: string): Promise<void> {
+    const { takenOut, self } = this.running!;
+    const staying = () => !this.fate.now().goingAway && !this.shuttingDown;
+    const drain = this.wholeDrain;
+    if (drain && drain.status().state === 'draining') {
+      drain.cancel(`the node was given back (${why})`);
+      await drain.done;
+    }
+    if (!staying()) return;
+    clearInterval(this.recheck);
+    this.recheck = undefined;
+    const labelled = this.keeper ? await this.keeper.liftOwnExclusion(() => (staying() ? undefined : 'a sign of going away came back'), `Given back (${why})`) : false;
+    if (takenOut.pending().length === 0 && !labelled && !this.wholeDrainStarted) return;
+    this.wholeDrainStarted = false;
+    const instance = await this.ownInstance(new Date(Date.now() + 30_000));
+    const { registered, left } = await takenOut.putBack(instance, staying);
+    for (const entry of registered) this.metrics.givenBack.inc({ family: entry.family });
+    const summary = `${registered.length} load balancer(s) registered again${left.length > 0 ? `, ${left.length} still out (see the log; tried again on the next start)` : ''}`;
+    this.logger.info({ instanceId: self.instanceId, why, registered: registered.length, left: left.length }, `node given back: ${summary}`);
+    await this.keeper?.event('GivenBack', `${self.instanceId} given back (${why}): ${summary}`, left.length > 0 ? 'Warning' : 'Normal');
   }
 
   /** The API's way in. */
@@ -248,6 +317,7 @@ class Agent implements AgentApi {
     const whole = scope.kind === 'all' && !this.config.dryRun;
     const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun }, { own: true });
     if (whole) this.wholeDrainStarted = true;
+    if (whole && !handle.joined) this.wholeDrain = handle;
     if (whole && !handle.joined && this.keeper && this.config.excludeNode) {
       this.track(this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again')));
     }
@@ -255,7 +325,11 @@ class Agent implements AgentApi {
       this.track(this.keeper?.event('DrainStarted', `Draining ${self.instanceId} (${trigger}) from its load balancers until ${deadline.toISOString()}`, 'Normal'));
       this.track(
         handle.done.then(async (status) => {
-          if (whole) this.startRecheck(instance);
+          if (whole) {
+            await this.running!.takenOut.remember(status).catch((error: unknown) => this.logger.error({ err: error }, 'could not remember what the drain took out: it will not be given back by itself'));
+            // Given back meanwhile (the drain was canceled for it): nothing to keep out.
+            if (this.wholeDrainStarted) this.startRecheck(instance);
+          }
           await this.reportOutcome(status);
         }),
       );
@@ -379,6 +453,8 @@ class Agent implements AgentApi {
     if (this.shuttingDown) return { ready: false, reason: 'shutting down' };
     if (!this.running) return { ready: false, reason: this.notReadyBecause };
     if (this.running.watcher.lastTickAt() === undefined) return { ready: false, reason: 'waiting for the first IMDS poll' };
+    const imds = this.running.watcher.health();
+    if (!imds.ok) return { ready: false, reason: imds.reason };
     return { ready: true };
   }
 
@@ -405,14 +481,19 @@ class Agent implements AgentApi {
     const running = this.running;
     if (running) {
       await running.watcher.stop();
-      const verdict = await classifyShutdown({
-        policy: this.config.sigtermDrain,
+      await this.givingBack;
+      const { kube, config } = this;
+      const { nodeName, podName, podNamespace } = config;
+      const known = this.fate.now();
+      const verdict = await decideOnSigterm({
+        policy: config.sigtermDrain,
+        known: known.goingAway ? known.evidence : [],
         notices: () => running.watcher.check(),
-        kube: this.kube,
-        nodeName: this.config.nodeName,
-        pod: this.config.podName && this.config.podNamespace ? { namespace: this.config.podNamespace, name: this.config.podName } : undefined,
+        node: kube && nodeName ? () => kube.getNode(nodeName) : undefined,
+        pod: kube && podName && podNamespace ? () => kube.getPod(podNamespace, podName) : undefined,
       });
       this.logger.info({ signal, drain: verdict.drain, reason: verdict.reason }, verdict.drain ? `${signal}: the node is going away, draining it` : `${signal}: not draining`);
+      if (!verdict.drain && verdict.kubernetesReadable) this.track(this.keeper?.event('NotDraining', `${signal}: not draining: ${verdict.reason}`, 'Normal'));
       if (verdict.drain) {
         try {
           const handle = await this.drainSelf('sigterm', new Date(graceEnds), ALL);

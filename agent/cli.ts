@@ -11,14 +11,16 @@ export class UsageError extends Error {
   }
 }
 
+export type DrainTarget = InstanceRef | { readonly self: true };
+
 export type Command =
   | { readonly kind: 'help' }
   | { readonly kind: 'version' }
   | { readonly kind: 'agent' }
   | {
       readonly kind: 'drain';
-      /** Undefined: this instance, from IMDS. */
-      readonly target: InstanceRef | undefined;
+      /** `{ self: true }`: the instance the command runs on, from IMDS (--self); never implied by leaving --id and --ip out. */
+      readonly target: DrainTarget;
       readonly scope: Scope;
       readonly timeoutSeconds: number | undefined;
       readonly dryRun: boolean;
@@ -59,24 +61,32 @@ export function parseScope(service: string | undefined): Scope {
   return { kind: 'service', namespace: match[1]!, name: match[3]! };
 }
 
+const OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
+  id: { type: 'string' },
+  ip: { type: 'string' },
+  self: { type: 'boolean' },
+  service: { type: 'string' },
+  timeout: { type: 'string' },
+  'dry-run': { type: 'boolean' },
+  asg: { type: 'boolean' },
+} as const;
+
+const DRAIN_OPTIONS = ['id', 'ip', 'self', 'service', 'timeout', 'dry-run', 'asg'] as const;
+
+/**
+ * The command a command line asks for, even one parseCommand refuses (`drain --bogus` is still the
+ * one-shot command, whose every run answers with JSON on stdout).
+ */
+export function commandName(argv: readonly string[]): string {
+  return parseArgs({ args: [...argv], allowPositionals: true, strict: false, options: OPTIONS }).positionals[0] ?? 'agent';
+}
+
 export function parseCommand(argv: readonly string[]): Command {
   let parsed;
   try {
-    parsed = parseArgs({
-      args: [...argv],
-      allowPositionals: true,
-      strict: true,
-      options: {
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean', short: 'v' },
-        id: { type: 'string' },
-        ip: { type: 'string' },
-        service: { type: 'string' },
-        timeout: { type: 'string' },
-        'dry-run': { type: 'boolean' },
-        asg: { type: 'boolean' },
-      },
-    });
+    parsed = parseArgs({ args: [...argv], allowPositionals: true, strict: true, options: OPTIONS });
   } catch (error) {
     throw new UsageError(error instanceof Error ? error.message : String(error));
   }
@@ -86,7 +96,7 @@ export function parseCommand(argv: readonly string[]): Command {
   const [name = 'agent', ...extra] = positionals;
   if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
   if (name === 'agent') {
-    const stray = ['id', 'ip', 'service', 'timeout', 'dry-run', 'asg'].filter((option) => option in values);
+    const stray = DRAIN_OPTIONS.filter((option) => option in values);
     if (stray.length > 0) throw new UsageError(`--${stray[0]} belongs to the drain command, not the agent`);
     return { kind: 'agent' };
   }
@@ -94,7 +104,7 @@ export function parseCommand(argv: readonly string[]): Command {
 
   return {
     kind: 'drain',
-    target: parseInstanceRef(values.id, values.ip),
+    target: drainTarget(values.id, values.ip, values.self ?? false),
     scope: parseScope(values.service),
     timeoutSeconds: values.timeout === undefined ? undefined : parseTimeoutSeconds(values.timeout, '--timeout '),
     dryRun: values['dry-run'] ?? false,
@@ -102,28 +112,49 @@ export function parseCommand(argv: readonly string[]): Command {
   };
 }
 
+/** Which instance a drain is for: said out loud, so that typing the bare command only shows how to use it. */
+function drainTarget(id: string | undefined, ip: string | undefined, self: boolean): DrainTarget {
+  const ref = parseInstanceRef(id, ip);
+  if (self && ref !== undefined) throw new UsageError(`--self drains this instance: give it without ${id !== undefined ? '--id' : '--ip'}`);
+  if (self) return { self: true };
+  if (ref === undefined) throw new UsageError('drain needs an instance: give --id i-…, --ip ADDRESS, or --self for the instance this runs on');
+  return ref;
+}
+
 export function helpText(version: string): string {
   return `hasta-la-vista ${version}: takes a dying EC2 node out of every Kubernetes load balancer, and waits until it is out.
 
 Usage:
   hasta-la-vista [agent]            run the agent (a DaemonSet pod) until SIGTERM
-  hasta-la-vista drain [--id i-… | --ip 10.…] [--service NS/NAME] [--timeout S] [--dry-run] [--asg]
-                                    drain one instance once; JSON status on stdout, log on stderr
+  hasta-la-vista drain (--id i-… | --ip ADDRESS | --self) [drain options]
+                                    drain one instance once; one JSON document on stdout, log on stderr
   hasta-la-vista --help | --version
 
-drain options:
+drain options (one of --id, --ip and --self is required: a bare "drain" changes nothing and exits 2):
   --id i-…            the instance to drain
-  --ip 10.…|2600:…    or any address of it: private IPv4 or IPv6, secondary and prefix addresses too
-                      (neither: this instance, from IMDS)
+  --ip ADDRESS        or any address of it: private IPv4 (10.0.1.23) or IPv6 (2600:1f18::1c), primary,
+                      secondary, or inside a delegated prefix
+  --self              the instance this command runs on, as IMDS names it
   --service NS/NAME   only the load balancers of this Kubernetes Service
   --timeout S         seconds to wait until out (default DRAIN_TIMEOUT)
   --dry-run           find and report, change nothing
-  --asg               the instance's Auto Scaling group is terminating it: hold it with the group's
-                      termination lifecycle hook while draining, then complete the action (CONTINUE)
+  --asg               the instance's Auto Scaling group is terminating it: hold it with the termination
+                      lifecycle hook named in ASG_LIFECYCLE_HOOK while draining, then complete the action
+                      (CONTINUE); without ASG_LIFECYCLE_HOOK, --asg is refused (exit 2)
 
-drain exit codes: 0 out of every load balancer in scope (or a dry run reported), 2 bad usage or
-configuration, 3 timed out, 4 instance not found in the VPC, 5 AWS refused or failed, 130 interrupted
-(Ctrl-C), 1 internal error.
+drain output: every run prints exactly one JSON document on stdout, failures included; --help and
+--version print text. A drain that ran prints its status, as GET /drain/<id> answers it:
+  {"instanceId", "trigger": "cli", "scope", "state", "reason"?, "dryRun", "startedAt", "deadline",
+   "triggers", "finishedAt", "awsCalls", "loadBalancers": [...], "lifecycleAction"?}
+with state deregistered (out of every load balancer in scope), skipped (a dry run), timed_out or failed.
+A run that failed before any drain began prints {"state": "failed", "error": {...}}, with "instanceId",
+"trigger", "scope" and "dryRun" where they are known. Every run that does not exit 0 has
+"error": {"code", "message"}; the code says which exit it is.
+
+drain exit codes: 0 out of every load balancer in scope (or a dry run reported), 2 bad usage [usage]
+or configuration [config], 3 timed out [timed_out], 4 instance not found in the VPC [not_found], 5 no
+AWS credentials [credentials] or AWS refused or failed [aws], 130 stopped by Ctrl-C or SIGTERM
+[interrupted], 1 internal error [internal]; in brackets, the error.code of each.
 
 Environment:
   SECRET                 secret of the /drain API (agent: required)
@@ -154,8 +185,11 @@ Environment:
   LOCAL_SERVICE_DRAIN    true: a scoped drain of this node (--service, ?service=) waits for the Service's last
                          ready local endpoint, and the node is registered back when one is ready again
                          (default false)
-  ASG_LIFECYCLE_HOOK     on an Auto Scaling termination, hold the instance with the group's termination
-                         lifecycle hook while draining: auto (find it), off, or the hook's name (default auto)
+  ASG_LIFECYCLE_HOOK     the name of a termination lifecycle hook you created for this agent: on an Auto
+                         Scaling termination (and with drain --asg) the instance is held with that hook while
+                         it drains, then that hook, and only that one, is completed (CONTINUE). Unset (or
+                         off): no lifecycle API is ever called. Never EKS's own Terminate-LC-Hook of managed
+                         node groups: EKS evicts the pods with it, and completing it would cut that short
   The AWS SDK's own variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, the credential chain,
   AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_EC2_METADATA_V1_DISABLED) and KUBECONFIG work as usual.
 `;

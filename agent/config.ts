@@ -47,7 +47,7 @@ export interface Config {
   readonly localServiceDrain: boolean;
   /** INVENTORY_REFRESH: how often the kept inventory of cluster load balancers is refreshed; 0 keeps none. */
   readonly inventoryRefreshMs: number;
-  /** ASG_LIFECYCLE_HOOK: how an Auto Scaling termination is held while the drain runs. */
+  /** ASG_LIFECYCLE_HOOK: the termination hook, named by the user, that holds the instance while it drains; or none. */
   readonly lifecycleHook: HookSetting;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
   readonly imdsV1Fallback: boolean;
@@ -121,12 +121,31 @@ const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 // Tag values allow more, but a cluster name is a DNS-ish label in every installer we know of.
 const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MIN_SECRET_LENGTH = 16;
+// What Auto Scaling allows in a lifecycle hook's name.
 const HOOK = /^[A-Za-z0-9_/-]{1,255}$/;
+/** EKS managed node groups' own termination hook: EKS holds the instance with it while it evicts the pods. */
+const EKS_HOOK = 'Terminate-LC-Hook';
 
-function hookSetting(value: string | undefined): HookSetting {
-  if (value === undefined || value.toLowerCase() === 'auto') return { kind: 'auto' };
-  if (value.toLowerCase() === 'off') return { kind: 'off' };
-  return { kind: 'named', name: value };
+function hookSetting(read: EnvReader): HookSetting {
+  const value = read.matching('ASG_LIFECYCLE_HOOK', HOOK, 'off, or the name of a lifecycle hook you created for this agent (letters, digits, "-", "_", "/"; up to 255)');
+  if (value === undefined || value.toLowerCase() === 'off') return { kind: 'off' };
+  const refused = whyHookRefused(value);
+  if (refused === undefined) return { kind: 'named', name: value };
+  read.problems.push(`ASG_LIFECYCLE_HOOK=${JSON.stringify(value)} ${refused}; set the name of a termination hook you created for this agent, or leave ASG_LIFECYCLE_HOOK unset to hold none`);
+  return { kind: 'off' };
+}
+
+/** Names that would have the agent complete a hook someone else waits on. */
+function whyHookRefused(name: string): string | undefined {
+  const harm = "completing it cuts EKS's PodDisruptionBudget-respecting eviction of the pods short";
+  if (name.toLowerCase() === 'auto') return `is no longer accepted: it took the group's first termination hook, which on EKS managed node groups is EKS's own ${EKS_HOOK}, and ${harm}`;
+  if (name === EKS_HOOK) return `is the termination hook EKS puts on its managed node groups, and ${harm}`;
+  return undefined;
+}
+
+/** Characters as the chart's schema counts them (code points), not UTF-16 units: one rule on both sides. */
+function characters(text: string): number {
+  return [...text].length;
 }
 
 export function loadConfig(env: Env, mode: Mode): Config {
@@ -136,9 +155,9 @@ export function loadConfig(env: Env, mode: Mode): Config {
   if (mode === 'agent') {
     if (secret === undefined) {
       read.problems.push('SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one)');
-    } else if (secret.length < MIN_SECRET_LENGTH) {
+    } else if (characters(secret) < MIN_SECRET_LENGTH) {
       // The value itself is never echoed, only its length.
-      read.problems.push(`SECRET is ${secret.length} characters long: use at least ${MIN_SECRET_LENGTH} random characters`);
+      read.problems.push(`SECRET is ${characters(secret)} characters long: use at least ${MIN_SECRET_LENGTH} random characters`);
     }
   }
 
@@ -172,7 +191,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     terminationGracePeriodMs: read.seconds('TERMINATION_GRACE_PERIOD', 30, 1, 24 * 3600),
     localServiceDrain: read.boolean('LOCAL_SERVICE_DRAIN', false),
     inventoryRefreshMs: read.seconds('INVENTORY_REFRESH', 1800, 0, 86_400),
-    lifecycleHook: hookSetting(read.matching('ASG_LIFECYCLE_HOOK', HOOK, 'auto, off, or a lifecycle hook name (letters, digits, "-", "_", "/"; up to 255)')),
+    lifecycleHook: hookSetting(read),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
   };

@@ -1,4 +1,4 @@
-/** Exit codes of both commands, so scripts can tell outcomes apart. */
+/** Exit codes of both commands, so scripts can tell outcomes apart (the one-shot's JSON names each as error.code). */
 export const ExitCode = {
   /** The agent stopped cleanly; the one-shot drain saw the instance out of everything in scope (or a dry run reported). */
   ok: 0,
@@ -10,7 +10,7 @@ export const ExitCode = {
   timedOut: 3,
   /** No such instance in the VPC. */
   notFound: 4,
-  /** AWS refused or failed (permissions, a load balancer that could not be drained). */
+  /** No AWS credentials, or AWS refused or failed (permissions, a load balancer that could not be drained). */
   aws: 5,
   /** Stopped by Ctrl-C (SIGINT) or SIGTERM before the drain finished; the status says how far it got. */
   interrupted: 130,

@@ -56,6 +56,12 @@ export class Metrics {
     labelNames: ['family'] as const,
     registers: [this.registry],
   });
+  readonly givenBack = new Counter({
+    name: 'hasta_la_vista_given_back_total',
+    help: 'Memberships registered again because the signs that took the whole node out passed (a canceled event, InService again), by family.',
+    labelNames: ['family'] as const,
+    registers: [this.registry],
+  });
   readonly apiRequests = new Counter({
     name: 'hasta_la_vista_api_requests_total',
     help: 'HTTP API requests, by route and status code.',

@@ -1,14 +1,26 @@
-// Bundles the agent into one file, dist/main.js: one file to ship in the image, fast to start.
+// Bundles the agent into dist/: the entry dist/main.js, plus one chunk per dynamically imported part
+// (dist/chunks/), so that what the agent loads only when it needs it (the EC2 client, the largest module)
+// costs no memory until then. OUTDIR=<dir> builds elsewhere (benchmarks and tests of the build itself,
+// which must not touch the dist/ other tests run).
 import { build } from 'esbuild';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const { version } = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
+const root = fileURLToPath(new URL('..', import.meta.url));
+const { version } = JSON.parse(await readFile(join(root, 'package.json'), 'utf8'));
+const outdir = resolve(root, process.env.OUTDIR ?? 'dist');
 
-await build({
-  entryPoints: ['agent/main.ts'],
-  outfile: 'dist/main.js',
+const { metafile } = await build({
+  entryPoints: { main: 'agent/main.ts' },
+  outdir,
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
   platform: 'node',
+  // The ES module build of each package first (esbuild's default on node is the CommonJS one): the AWS SDK
+  // ships both, and only the ES one lets the bundler drop the commands and schemas the agent never uses.
+  mainFields: ['module', 'main'],
   target: 'node20',
   format: 'esm',
   // Minified (names kept for readable stack traces): every node parses this at start and holds it in memory.
@@ -17,12 +29,22 @@ await build({
   sourcemap: 'linked',
   legalComments: 'linked',
   define: { AGENT_VERSION: JSON.stringify(version) },
-  // The bundle is ESM but some dependencies are CommonJS and call require() for built-ins.
+  // The bundle is ESM but some dependencies are CommonJS and call require() for built-ins. esbuild puts
+  // the banner at the top of every output file, chunks included, so each has its own require.
   banner: {
     js: "#!/usr/bin/env node\nimport { createRequire as __hlvCreateRequire } from 'node:module'; const require = __hlvCreateRequire(import.meta.url);",
   },
   logLevel: 'warning',
+  metafile: true,
 });
 
+// Chunk names carry a content hash, so an older build's chunks are never loaded, but they would ship in
+// the image: remove them. (After the build, not before: tests may be running the dist/ being replaced.)
+const written = new Set(Object.keys(metafile.outputs).map((path) => resolve(root, path)));
+const chunks = join(outdir, 'chunks');
+for (const name of await readdir(chunks)) {
+  if (!written.has(join(chunks, name))) await rm(join(chunks, name));
+}
+
 // The bundle is ESM: saying so beside it lets node load it directly wherever dist/ is copied (the image).
-await writeFile(new URL('../dist/package.json', import.meta.url), '{ "type": "module" }\n');
+await writeFile(resolve(outdir, 'package.json'), '{ "type": "module" }\n');

@@ -268,18 +268,52 @@ describe('SIGTERM', () => {
     assert.match(String(verdict?.reason), /Pod is being deleted/);
   });
 
-  test('at node shutdown (Pod not deleted through the API): deregistered before the process exits 0', async () => {
+  test('a restart the kubelet makes (liveness probe; Pod not deleted, no sign of shutdown): nothing deregistered, and the log and an Event say why', async () => {
     const agent = await startAgent({ TERMINATION_GRACE_PERIOD: '10' });
     agent.child.kill('SIGTERM');
-    const exit = await exitWithin(agent, 12_000);
+    const exit = await exitWithin(agent, 10_000);
     assert.equal(exit.code, 0, agent.stderr());
-    // The process is gone: whatever moto shows now was done before it exited.
-    await assertLeftExactly(selfInScope(world));
-    assert.equal(nodeNow().metadata.labels[EXCLUDE_LABEL], 'true');
-    assert.equal(eventsOf('DrainFinished').length, 1);
-    const final = agent.logs().find((line) => line.state === 'deregistered' || line.status?.state === 'deregistered');
-    assert.ok(final, `the log reports the finished drain:\n${agent.stderr()}`);
+    assert.equal(deregisterCalls().length, 0, 'no Deregister* call reached AWS');
+    assert.equal(nodeNow().metadata.labels[EXCLUDE_LABEL], undefined);
+    await assertLeftExactly([]);
+    const verdict = agent.logs().find((line) => line.signal === 'SIGTERM' && line.drain !== undefined);
+    assert.equal(verdict?.drain, false);
+    assert.match(String(verdict?.reason), /no sign that the node is going away/);
+    assert.match(eventsOf('NotDraining')[0]?.message ?? '', /not draining/);
   });
+
+  const kubeletShutdownMarks: [string, (pod: KubeObject, node: KubeObject) => void][] = [
+    ['the Pod\'s status reason Terminated', (pod) => (pod.status = { ...pod.status, phase: 'Failed', reason: 'Terminated', message: 'Pod was terminated in response to imminent node shutdown.' })],
+    ['the Pod\'s status reason Shutdown (1.21)', (pod) => (pod.status = { ...pod.status, phase: 'Failed', reason: 'Shutdown', message: 'Shutting down, node is shutting down' })],
+    [
+      'the Pod\'s DisruptionTarget condition (TerminationByKubelet)',
+      (pod) => (pod.status = { ...pod.status, conditions: [...(pod.status?.conditions ?? []), { type: 'DisruptionTarget', status: 'True', reason: 'TerminationByKubelet', message: 'Pod was terminated in response to imminent node shutdown.' }] }),
+    ],
+    [
+      'the Node\'s Ready condition "node is shutting down"',
+      (_pod, node) => (node.status = { ...node.status, conditions: [{ type: 'Ready', status: 'False', reason: 'KubeletNotReady', message: 'node is shutting down' }] }),
+    ],
+  ];
+  for (const [mark, apply] of kubeletShutdownMarks) {
+    test(`at node shutdown, shown by ${mark}: deregistered before the process exits 0`, async () => {
+      const pod = makePod(POD_NS, POD, { nodeName: NODE });
+      const node = makeNode(NODE, { providerID: `aws:///us-east-1a/${world.node.id}` });
+      apply(pod, node);
+      kube.setPod(pod);
+      kube.setNode(node);
+      const agent = await startAgent({ TERMINATION_GRACE_PERIOD: '10' });
+      agent.child.kill('SIGTERM');
+      const exit = await exitWithin(agent, 12_000);
+      assert.equal(exit.code, 0, agent.stderr());
+      // The process is gone: whatever moto shows now was done before it exited.
+      await assertLeftExactly(selfInScope(world));
+      assert.equal(nodeNow().metadata.labels[EXCLUDE_LABEL], 'true');
+      assert.equal(eventsOf('DrainFinished').length, 1);
+      const verdict = agent.logs().find((line) => line.signal === 'SIGTERM' && line.drain !== undefined);
+      assert.equal(verdict?.drain, true);
+      assert.match(String(verdict?.reason), /shutting down|node shutdown/);
+    });
+  }
 
   test('with the Node tainted ToBeDeletedByClusterAutoscaler and the Pod being deleted: drains', async () => {
     kube.setNode(
@@ -353,7 +387,7 @@ describe('IMDS trouble', () => {
   test('IMDS hanging for a while: the agent survives and catches the next notice', async () => {
     const agent = await startAgent();
     imds.fault = 'hang';
-    await eventually(() => agent.logs().some((line) => /IMDS poll failed/.test(line.msg)), 10_000, 'the failing poll logged');
+    await eventually(() => agent.logs().some((line) => /IMDS poll failed/.test(line.msg)), 20_000, 'the failing poll logged');
     assert.equal((await agent.fetch('/healthz')).status, 200, 'alive while IMDS hangs');
     imds.fault = 'none';
     await eventually(() => agent.logs().some((line) => /IMDS poll recovered/.test(line.msg)), 15_000, 'recovery logged');
@@ -487,7 +521,7 @@ describe('the HTTP API', () => {
     for (const [query, pattern] of [
       ['id=i-nothex', /not an instance id/],
       ['ip=10.0.1.300', /not an IPv4 address/],
-      [`id=${world.node.id}&ip=${world.node.ip}`, /not both/],
+      [`id=${world.node.id}&ip=${world.node.ip}`, /both given: give one of them/],
     ] as const) {
       const answer = await agent.fetch(`/drain?${query}`, { method: 'POST', headers: BEARER });
       assert.equal(answer.status, 400, query);
@@ -587,6 +621,29 @@ describe('heal on start', () => {
     assert.equal(nodeNow().metadata.labels['kubernetes.io/hostname'], NODE);
     assert.equal(nodeNow().metadata.annotations['node.alpha.kubernetes.io/ttl'], '0');
     await assertLeftExactly([]);
+  });
+
+  test('a drain for a maintenance event that passed while the agent was away: registered again where it was, label removed', async () => {
+    const event = { NotBefore: imdsDate(Date.now() + 60_000), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0ccccccccccccccccc', State: 'active' };
+    imds.set(MAINTENANCE, JSON.stringify([event]));
+    const first = await startAgent();
+    await statusBecomes(first, world.node.id, 'deregistered');
+    await assertLeftExactly(selfInScope(world));
+    await eventually(() => nodeNow().metadata.annotations['hasta-la-vista.io/taken-out'] !== undefined, 5_000, 'what was taken out is remembered on the Node');
+    first.child.kill('SIGTERM');
+    assert.equal((await exitWithin(first, 12_000)).code, 0, first.stderr());
+
+    // The reboot happened (or the event was canceled): no notice any more.
+    imds.set(MAINTENANCE, JSON.stringify([{ ...event, State: 'completed' }]));
+    const second = await startAgent();
+    await eventually(async () => (await registrations(moto.url, world)).size === initial.size, 15_000, 'registered back');
+    await assertLeftExactly([]);
+    await eventually(() => nodeNow().metadata.labels[EXCLUDE_LABEL] === undefined, 5_000, 'label removed');
+    assert.equal(nodeNow().metadata.annotations['hasta-la-vista.io/taken-out'], undefined, 'nothing left to give back');
+    assert.equal(eventsOf('GivenBack').length, 1);
+    const text = await metrics(second);
+    assert.equal(metricSample(text, 'hasta_la_vista_given_back_total', { family: 'target-group' }), 2);
+    assert.equal(metricSample(text, 'hasta_la_vista_given_back_total', { family: 'classic' }), 2);
   });
 
   test('a label without the mark (an operator\'s): left alone', async () => {

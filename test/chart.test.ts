@@ -4,12 +4,13 @@
  * objects that matter to a node agent that deregisters its own instance.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
@@ -19,6 +20,7 @@ import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IEnvVar } from 'kubernetes-models/v1/EnvVar';
+import { ConfigError, loadConfig } from '../agent/config.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CHART = join(ROOT, 'chart', 'hasta-la-vista');
@@ -484,5 +486,115 @@ describe('chart: documentation', () => {
   it('lists every value in the chart README', () => {
     const readme = readFileSync(join(CHART, 'README.md'), 'utf8');
     assert.deepEqual(paths.filter((p) => !readme.includes(`| \`${p}\` |`)), [], 'values missing from the README values table');
+  });
+});
+
+describe('chart: the lifecycle hook and the node address', () => {
+  it('holds no lifecycle hook unless one is named, and passes the name as given', () => {
+    assert.equal(envOf(agentContainer(render())).has('ASG_LIFECYCLE_HOOK'), false, 'unset by default: the agent then holds no hook');
+    assert.equal(envValue(envOf(agentContainer(render('-f', VALUES_ALL))), 'ASG_LIFECYCLE_HOOK'), 'drain-first');
+  });
+
+  it("refuses auto and EKS's own Terminate-LC-Hook, saying why and what to set", () => {
+    assert.match(renderFails('--set', 'config.asgLifecycleHook=auto'), /config\.asgLifecycleHook=auto is no longer accepted: .*EKS's own Terminate-LC-Hook.*set the name of a termination hook you created for this agent, or leave it empty/);
+    assert.match(renderFails('--set', 'config.asgLifecycleHook=Terminate-LC-Hook'), /config\.asgLifecycleHook=Terminate-LC-Hook is the termination hook EKS puts on its managed node groups/);
+  });
+
+  it("passes the node's address from the downward API (HOST_IP), which extraEnv cannot repeat", () => {
+    assert.deepEqual(envOf(agentContainer(render())).get('HOST_IP')?.valueFrom, { fieldRef: { fieldPath: 'status.hostIP' } });
+    assert.match(renderFails('--set', 'extraEnv[0].name=HOST_IP', '--set', 'extraEnv[0].value=10.0.0.1'), /extraEnv sets HOST_IP/);
+  });
+});
+
+describe('chart and agent: one rule for every value both check', () => {
+  /**
+   * A chart value, the variable the chart turns it into, and values on both sides of each limit: the
+   * schema (and templates) must take exactly what agent/config.ts takes, or a clean install crash-loops.
+   * `with` sets what the value depends on, on both sides.
+   */
+  interface Rule {
+    readonly value: string;
+    readonly variable: string;
+    readonly accepted: readonly unknown[];
+    readonly refused: readonly unknown[];
+    readonly with?: { readonly value: string; readonly variable: string; readonly is: unknown };
+  }
+  const rules: Rule[] = [
+    { value: 'config.vpcId', variable: 'VPCID', accepted: ['vpc-01234567', 'vpc-0123456789abcdef0'], refused: ['vpc-012345678', 'vpc-0123456789abcdef', 'vpc-0123456789ABCDEF0', 'vpc-xyz', 'subnet-01234567'] },
+    { value: 'config.awsRegion', variable: 'AWS_REGION', accepted: ['us-east-1', 'us-gov-west-1', 'ap-southeast-4'], refused: ['us-east-1a', 'US-EAST-1', 'virginia'] },
+    { value: 'config.clusterName', variable: 'CLUSTERNAME', accepted: ['prod', 'Prod-eu.1_a', 'c'.repeat(100)], refused: ['-prod', 'my cluster', 'c'.repeat(101)] },
+    { value: 'config.asgLifecycleHook', variable: 'ASG_LIFECYCLE_HOOK', accepted: ['drain-first', 'drain/v2_a', 'off', 'h'.repeat(255)], refused: ['auto', 'AUTO', 'Terminate-LC-Hook', 'my hook', 'h'.repeat(256)] },
+    { value: 'config.logLevel', variable: 'LOGLEVEL', accepted: ['debug', 'info', 'warn', 'error'], refused: ['verbose', 'trace'] },
+    { value: 'config.sigtermDrain', variable: 'SIGTERM_DRAIN', accepted: ['auto', 'always', 'never'], refused: ['sometimes', 'true'] },
+    { value: 'config.cloudProvider', variable: 'CLOUDPROVIDER', accepted: ['aws'], refused: ['gcp'] },
+    { value: 'config.port', variable: 'PORT', accepted: [1, 65535], refused: [0, 65536, 80.5] },
+    { value: 'config.pollInterval', variable: 'POLL_INTERVAL', accepted: [1, 60], refused: [0, 61, 1.5] },
+    { value: 'config.drainTimeout', variable: 'DRAIN_TIMEOUT', accepted: [1, 3600], refused: [0, 3601] },
+    { value: 'config.deadlineMargin', variable: 'DEADLINE_MARGIN', accepted: [0, 600], refused: [-1, 601] },
+    { value: 'config.maintenanceLeadTime', variable: 'MAINTENANCE_LEAD_TIME', accepted: [0, 604800], refused: [-1, 604801] },
+    { value: 'config.recheckInterval', variable: 'RECHECK_INTERVAL', accepted: [5, 3600], refused: [4, 3601] },
+    { value: 'config.maxConcurrentDrains', variable: 'MAX_CONCURRENT_DRAINS', accepted: [1, 1000], refused: [0, 1001] },
+    { value: 'config.inventoryRefresh', variable: 'INVENTORY_REFRESH', accepted: [0, 86400], refused: [-1, 86401] },
+    // The chart also wants the grace period longer than the drain timeout: with a drain timeout of 1 s
+    // that relation does not reach the limits tested here.
+    {
+      value: 'terminationGracePeriodSeconds',
+      variable: 'TERMINATION_GRACE_PERIOD',
+      accepted: [2, 86400],
+      refused: [0, 86401],
+      with: { value: 'config.drainTimeout', variable: 'DRAIN_TIMEOUT', is: 1 },
+    },
+    // Characters are code points on both sides (8 emoji are 16 UTF-16 units); the agent trims whitespace.
+    { value: 'secret.value', variable: 'SECRET', accepted: ['a'.repeat(16), '🔑'.repeat(16), ` ${'a'.repeat(16)} `], refused: ['a'.repeat(15), '🔑'.repeat(8), ` ${'a'.repeat(15)} `] },
+  ];
+  const GOOD_SECRET = 'one-rule-Secret-0123456789';
+  const run = promisify(execFile);
+
+  async function chartTakes(values: Record<string, unknown>): Promise<boolean> {
+    const sets = Object.entries(values).flatMap(([key, value]) => ['--set-json', `${key}=${JSON.stringify(value)}`]);
+    const args = ['template', RELEASE, CHART, '--namespace', NAMESPACE, '--kube-version', KUBE_VERSION, '--show-only', 'templates/daemonset.yaml', ...sets];
+    return run(HELM, args, { timeout: 60_000 }).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  function agentTakes(env: Record<string, string>): boolean {
+    try {
+      loadConfig({ SECRET: GOOD_SECRET, ...env }, 'agent');
+      return true;
+    } catch (error) {
+      assert.ok(error instanceof ConfigError, String(error));
+      return false;
+    }
+  }
+
+  for (const rule of rules) {
+    it(`${rule.value} and ${rule.variable} take and refuse the same values`, async () => {
+      const cases = [...rule.accepted.map((value) => ({ value, expected: true })), ...rule.refused.map((value) => ({ value, expected: false }))];
+      const verdicts = await Promise.all(
+        cases.map(async ({ value, expected }) => {
+          const chart = await chartTakes({ ...(rule.with && { [rule.with.value]: rule.with.is }), [rule.value]: value });
+          const agent = agentTakes({ ...(rule.with && { [rule.with.variable]: String(rule.with.is) }), [rule.variable]: String(value) });
+          return { value, expected, chart, agent };
+        }),
+      );
+      const wrong = verdicts.filter(({ expected, chart, agent }) => chart !== expected || agent !== expected);
+      assert.deepEqual(wrong, [], 'chart and agent must both take the accepted values and both refuse the refused ones');
+    });
+  }
+
+  it('covers every value the schema constrains that the agent also reads', () => {
+    type Node = { properties?: Record<string, Node>; pattern?: string; minimum?: number; maximum?: number; enum?: unknown[] };
+    const schema = JSON.parse(readFileSync(join(CHART, 'values.schema.json'), 'utf8')) as Node;
+    const constrained = (node: Node) => node.pattern !== undefined || node.minimum !== undefined || node.maximum !== undefined || node.enum !== undefined;
+    // The values the chart turns into agent variables: all of config, the secret, the grace period.
+    const agentBound = [
+      ...Object.entries(schema.properties!['config']!.properties!).map(([key, node]) => [`config.${key}`, node] as const),
+      ['secret.value', schema.properties!['secret']!.properties!['value']!] as const,
+      ['terminationGracePeriodSeconds', schema.properties!['terminationGracePeriodSeconds']!] as const,
+    ];
+    const covered = new Set(rules.map((rule) => rule.value));
+    assert.deepEqual(agentBound.filter(([key, node]) => constrained(node) && !covered.has(key)).map(([key]) => key), [], 'add these to the rules above');
   });
 });

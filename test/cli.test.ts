@@ -9,9 +9,10 @@ import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildIfStale } from './helpers/run.ts';
-import { helpText, parseCommand, parseInstanceRef, parseScope, UsageError, type Command } from '../agent/cli.ts';
+import { commandName, helpText, parseCommand, parseInstanceRef, parseScope, UsageError, type Command } from '../agent/cli.ts';
 import { loadConfig, type Config } from '../agent/config.ts';
 import { ExitCode } from '../agent/exit-codes.ts';
+import { EXIT_CODES, type OneShotResult } from '../agent/oneshot.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BINARY = join(ROOT, 'dist', 'main.js');
@@ -42,15 +43,27 @@ describe('parseCommand: commands', () => {
     assert.deepEqual(parseCommand(['agent']), { kind: 'agent' });
   });
 
-  it('"drain" alone drains this instance, every load balancer, default timeout, for real', () => {
-    assert.deepEqual(parseCommand(['drain']), {
+  it('"drain" alone drains nothing: it asks for --id, --ip or --self (someone looking for the usage must not drain the node)', () => {
+    assert.equal(usageError(['drain']).message, 'drain needs an instance: give --id i-…, --ip ADDRESS, or --self for the instance this runs on');
+    for (const argv of [['drain', '--dry-run'], ['drain', '--service', 'default/web'], ['drain', '--asg', '--timeout', '30']]) {
+      assert.match(usageError(argv).message, /give --id i-…, --ip ADDRESS, or --self/, argv.join(' '));
+    }
+  });
+
+  it('"drain --self" drains this instance, every load balancer, default timeout, for real', () => {
+    assert.deepEqual(parseCommand(['drain', '--self']), {
       kind: 'drain',
-      target: undefined,
+      target: { self: true },
       scope: { kind: 'all' },
       timeoutSeconds: undefined,
       dryRun: false,
       asg: false,
     });
+  });
+
+  it('--self with --id or --ip is refused: one instance, named one way', () => {
+    assert.equal(usageError(['drain', '--self', '--id', ID]).message, '--self drains this instance: give it without --id');
+    assert.equal(usageError(['drain', '--ip', '10.0.1.5', '--self']).message, '--self drains this instance: give it without --ip');
   });
 
   it('--help and -h ask for help, before or after a command', () => {
@@ -90,7 +103,7 @@ describe('parseCommand: commands', () => {
     assert.match(usageError(['drain', '--id', '--dry-run']).message, /--id/);
   });
 
-  for (const [option, value] of [['--id', ID], ['--ip', '10.0.1.5'], ['--service', 'default/web'], ['--timeout', '90'], ['--dry-run', undefined]] as const) {
+  for (const [option, value] of [['--id', ID], ['--ip', '10.0.1.5'], ['--self', undefined], ['--service', 'default/web'], ['--timeout', '90'], ['--dry-run', undefined], ['--asg', undefined]] as const) {
     it(`${option} belongs to drain: given to the agent it is refused`, () => {
       const args = value === undefined ? [option] : [option, value];
       const message = `${option} belongs to the drain command, not the agent`;
@@ -99,6 +112,17 @@ describe('parseCommand: commands', () => {
       assert.equal(usageError(args).message, message);
     });
   }
+
+  it('commandName tells the one-shot command apart even on a command line parseCommand refuses', () => {
+    for (const argv of [['drain'], ['drain', '--bogus'], ['--bogus', 'drain'], ['--timeout', '5', 'drain', '--id'], ['drain', ID, 'extra']]) {
+      assert.equal(commandName(argv), 'drain', argv.join(' '));
+    }
+    assert.equal(commandName([]), 'agent');
+    assert.equal(commandName(['--bogus']), 'agent');
+    assert.equal(commandName(['deregister']), 'deregister');
+    // `drain` as the value of an option is not the command.
+    assert.equal(commandName(['--id', 'drain']), 'agent');
+  });
 
   it('UsageError is an Error named UsageError', () => {
     const error = usageError(['nope']);
@@ -113,8 +137,9 @@ describe('parseCommand: drain', () => {
     assert.deepEqual(drain(['drain', `--id=${ID}`]).target, { id: ID });
   });
 
-  it('--ip gives the address', () => {
+  it('--ip gives the address, IPv4 or IPv6', () => {
     assert.deepEqual(drain(['drain', '--ip', '10.0.1.5']).target, { ip: '10.0.1.5' });
+    assert.deepEqual(drain(['drain', '--ip', '2600:1f18:4a1:8a00::1c']).target, { ip: '2600:1f18:4a1:8a00::1c' });
   });
 
   it('--id and --ip together are refused', () => {
@@ -127,7 +152,7 @@ describe('parseCommand: drain', () => {
   });
 
   it('--service gives the Service scope', () => {
-    assert.deepEqual(drain(['drain', '--service', 'kube-system/ingress-nginx']).scope, {
+    assert.deepEqual(drain(['drain', '--self', '--service', 'kube-system/ingress-nginx']).scope, {
       kind: 'service',
       namespace: 'kube-system',
       name: 'ingress-nginx',
@@ -136,29 +161,29 @@ describe('parseCommand: drain', () => {
 
   it('a malformed --service says what is expected', () => {
     assert.equal(
-      usageError(['drain', '--service', 'web']).message,
+      usageError(['drain', '--self', '--service', 'web']).message,
       '"web" is not a Service: expected <namespace>/<name>, lower-case DNS labels',
     );
   });
 
   it('--timeout gives whole seconds from 1 to 3600', () => {
-    assert.equal(drain(['drain', '--timeout', '1']).timeoutSeconds, 1);
-    assert.equal(drain(['drain', '--timeout', '90']).timeoutSeconds, 90);
-    assert.equal(drain(['drain', '--timeout=3600']).timeoutSeconds, 3600);
+    assert.equal(drain(['drain', '--self', '--timeout', '1']).timeoutSeconds, 1);
+    assert.equal(drain(['drain', '--self', '--timeout', '90']).timeoutSeconds, 90);
+    assert.equal(drain(['drain', '--self', '--timeout=3600']).timeoutSeconds, 3600);
   });
 
   for (const value of ['0', '3601', '1.5', '90s', 'abc', '', '-5', '1e3', ' 90']) {
     it(`--timeout ${JSON.stringify(value)} is refused with the accepted range`, () => {
       assert.equal(
-        usageError(['drain', `--timeout=${value}`]).message,
+        usageError(['drain', '--self', `--timeout=${value}`]).message,
         `--timeout ${JSON.stringify(value)} is not a whole number of seconds from 1 to 3600`,
       );
     });
   }
 
   it('--dry-run is a dry run', () => {
-    assert.equal(drain(['drain', '--dry-run']).dryRun, true);
-    assert.equal(drain(['drain']).dryRun, false);
+    assert.equal(drain(['drain', '--self', '--dry-run']).dryRun, true);
+    assert.equal(drain(['drain', '--self']).dryRun, false);
   });
 
   it('every option together, in any order', () => {
@@ -292,7 +317,7 @@ describe('helpText', () => {
     assert.match(help, /hasta-la-vista drain /);
   });
 
-  for (const option of ['--id', '--ip', '--service', '--timeout', '--dry-run', '--help', '--version']) {
+  for (const option of ['--id', '--ip', '--self', '--service', '--timeout', '--dry-run', '--asg', '--help', '--version']) {
     it(`documents ${option}`, () => {
       assert.match(help, new RegExp(`${option}(?![-\\w])`));
     });
@@ -304,6 +329,26 @@ describe('helpText', () => {
     for (const [name, code] of Object.entries(ExitCode)) {
       assert.match(paragraph, new RegExp(`(^|[\\s,])${code} `), `exit code ${code} (${name}) is not documented`);
     }
+  });
+
+  it('says a bare drain changes nothing, and that --ip takes IPv6 too', () => {
+    assert.match(help, /a bare "drain" changes nothing and exits 2/);
+    assert.match(help, /--ip ADDRESS .*IPv6/);
+  });
+
+  it('documents the one JSON document on stdout, its failure shape and every error code', () => {
+    assert.match(help, /every run prints exactly one JSON document on stdout, failures included/);
+    assert.match(help, /\{"state": "failed", "error": \{\.\.\.\}\}/);
+    for (const [code, exit] of Object.entries(EXIT_CODES)) {
+      assert.match(help, new RegExp(`(^|[\\s,])${exit} [^,;]*\\[${code}\\]`), `error code ${code} (exit ${exit}) is not documented with its exit code`);
+    }
+  });
+
+  it('says ASG_LIFECYCLE_HOOK unset calls no lifecycle API, and a name holds only that hook, never EKS\'s', () => {
+    const entry = helpEntries(help).get('ASG_LIFECYCLE_HOOK') ?? '';
+    assert.match(entry, /Unset \(or off\): no lifecycle API is ever called/);
+    assert.match(entry, /that hook, and only that one, is completed/);
+    assert.match(entry, /Never EKS's own Terminate-LC-Hook/);
   });
 
   const variables = configVariables();
@@ -393,16 +438,43 @@ describe('the built binary', () => {
     assert.match(result.stderr, /unknown command "deregister": expected agent or drain/);
   });
 
-  it('drain with a malformed id exits 2 and says what is wrong, before touching AWS', () => {
+  it('drain with a malformed id exits 2, says what is wrong on stderr and as JSON on stdout, before touching AWS', () => {
     const result = run(['drain', '--id', 'i-xyz']);
     assert.equal(result.status, 2, result.stderr);
-    assert.equal(result.stdout, '');
     assert.match(result.stderr, /"i-xyz" is not an instance id/);
+    assert.deepEqual(JSON.parse(result.stdout), {
+      state: 'failed',
+      error: { code: 'usage', message: '"i-xyz" is not an instance id: expected i- and 8 or 17 hex digits' },
+    });
+  });
+
+  it('a bare drain drains nothing: exit 2, the usage on stderr, one JSON failure on stdout', () => {
+    const result = run(['drain']);
+    assert.equal(result.status, 2, result.stderr);
+    assert.match(result.stderr, /drain needs an instance: give --id i-…, --ip ADDRESS, or --self/);
+    assert.match(result.stderr, /Try hasta-la-vista --help/);
+    const document = JSON.parse(result.stdout) as OneShotResult;
+    assert.equal(document.state, 'failed');
+    assert.equal(document.error?.code, 'usage');
+  });
+
+  it('an unknown option of drain is a usage failure as JSON too', () => {
+    const result = run(['drain', '--bogus']);
+    assert.equal(result.status, 2, result.stderr);
+    assert.equal((JSON.parse(result.stdout) as OneShotResult).error?.code, 'usage');
+  });
+
+  it('drain --asg without ASG_LIFECYCLE_HOOK exits 2 and names the fix, in the log and the JSON', () => {
+    const result = run(['drain', '--id', ID, '--asg']);
+    assert.equal(result.status, 2, result.stderr);
+    assert.match(result.stderr, /set ASG_LIFECYCLE_HOOK/);
+    assert.match(String((JSON.parse(result.stdout) as OneShotResult).error?.message), /set ASG_LIFECYCLE_HOOK/);
   });
 
   it('drain with both --id and --ip exits 2', () => {
     const result = run(['drain', '--id', ID, '--ip', '10.0.1.5']);
     assert.equal(result.status, 2, result.stderr);
     assert.match(result.stderr, /give an instance id or an IP, not both/);
+    assert.equal((JSON.parse(result.stdout) as OneShotResult).error?.code, 'usage');
   });
 });

@@ -162,10 +162,11 @@ describe('loadConfig: valid values', () => {
     });
   }
 
-  it('ASG_LIFECYCLE_HOOK: auto (the default), off, or a hook name', () => {
-    assert.deepEqual(load({}).lifecycleHook, { kind: 'auto' });
-    assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'AUTO' }).lifecycleHook, { kind: 'auto' });
+  it('ASG_LIFECYCLE_HOOK: unset, empty or off holds no hook; a name holds that hook only', () => {
+    assert.deepEqual(load({}).lifecycleHook, { kind: 'off' });
+    assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: '' }).lifecycleHook, { kind: 'off' });
     assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'off' }).lifecycleHook, { kind: 'off' });
+    assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'OFF' }).lifecycleHook, { kind: 'off' });
     assert.deepEqual(load({ ASG_LIFECYCLE_HOOK: 'drain-first/v2' }).lifecycleHook, { kind: 'named', name: 'drain-first/v2' });
   });
 
@@ -198,7 +199,7 @@ describe('loadConfig: booleans', () => {
   });
 
   // The AWS SDK (@smithy/credential-provider-imds) treats every non-empty value except exactly "false" as
-  // "disabled", and DESIGN.md says the SDK's variables are honoured as the SDK defines them. config.ts
+  // "disabled", and ARCHITECTURE.md says the SDK's variables are honoured as the SDK defines them. config.ts
   // reads the variable as a yes/no boolean instead, so "0"/"no"/"FALSE" leave the agent's own IMDS
   // client falling back to v1 while the SDK's credential provider refuses v1.
   it('AWS_EC2_METADATA_V1_DISABLED follows the SDK: any value but "false" disables v1', () => {
@@ -232,7 +233,24 @@ describe('loadConfig: invalid values, the exact message a user sees', () => {
     ['MAX_CONCURRENT_DRAINS', '1001', 'MAX_CONCURRENT_DRAINS="1001" is not a whole number from 1 to 1000'],
     ['TERMINATION_GRACE_PERIOD', '0', 'TERMINATION_GRACE_PERIOD="0" is not a whole number of seconds from 1 to 86400'],
     ['TERMINATION_GRACE_PERIOD', '30s', 'TERMINATION_GRACE_PERIOD="30s" is not a whole number of seconds from 1 to 86400'],
-    ['ASG_LIFECYCLE_HOOK', 'my hook', 'ASG_LIFECYCLE_HOOK="my hook" is not auto, off, or a lifecycle hook name (letters, digits, "-", "_", "/"; up to 255)'],
+    ['ASG_LIFECYCLE_HOOK', 'my hook', 'ASG_LIFECYCLE_HOOK="my hook" is not off, or the name of a lifecycle hook you created for this agent (letters, digits, "-", "_", "/"; up to 255)'],
+    // auto took the group's first termination hook: on EKS managed node groups, EKS's own.
+    [
+      'ASG_LIFECYCLE_HOOK',
+      'auto',
+      `ASG_LIFECYCLE_HOOK="auto" is no longer accepted: it took the group's first termination hook, which on EKS managed node groups is EKS's own Terminate-LC-Hook, and completing it cuts EKS's PodDisruptionBudget-respecting eviction of the pods short; set the name of a termination hook you created for this agent, or leave ASG_LIFECYCLE_HOOK unset to hold none`,
+    ],
+    [
+      'ASG_LIFECYCLE_HOOK',
+      'AUTO',
+      `ASG_LIFECYCLE_HOOK="AUTO" is no longer accepted: it took the group's first termination hook, which on EKS managed node groups is EKS's own Terminate-LC-Hook, and completing it cuts EKS's PodDisruptionBudget-respecting eviction of the pods short; set the name of a termination hook you created for this agent, or leave ASG_LIFECYCLE_HOOK unset to hold none`,
+    ],
+    [
+      'ASG_LIFECYCLE_HOOK',
+      'Terminate-LC-Hook',
+      `ASG_LIFECYCLE_HOOK="Terminate-LC-Hook" is the termination hook EKS puts on its managed node groups, and completing it cuts EKS's PodDisruptionBudget-respecting eviction of the pods short; set the name of a termination hook you created for this agent, or leave ASG_LIFECYCLE_HOOK unset to hold none`,
+    ],
+    ['ASG_LIFECYCLE_HOOK', 'h'.repeat(256), `ASG_LIFECYCLE_HOOK="${'h'.repeat(256)}" is not off, or the name of a lifecycle hook you created for this agent (letters, digits, "-", "_", "/"; up to 255)`],
     ['LOGLEVEL', 'verbose', 'LOGLEVEL="verbose" is not one of debug, info, warn, error'],
     ['LOGLEVEL', 'trace', 'LOGLEVEL="trace" is not one of debug, info, warn, error'],
     ['SIGTERM_DRAIN', 'sometimes', 'SIGTERM_DRAIN="sometimes" is not one of auto, always, never'],
@@ -306,6 +324,13 @@ describe('loadConfig: SECRET', () => {
   it('exactly 16 characters is accepted', () => {
     assert.equal(loadConfig({ SECRET: 'a'.repeat(16) }, 'agent').secret, 'a'.repeat(16));
     assert.deepEqual(problemsOf({ SECRET: 'a'.repeat(15) }, 'agent'), ['SECRET is 15 characters long: use at least 16 random characters']);
+  });
+
+  it('counts characters as the chart\'s schema does: one emoji is one character, surrounding whitespace none', () => {
+    // 8 emoji are 16 UTF-16 units but 8 characters.
+    assert.deepEqual(problemsOf({ SECRET: '🔑'.repeat(8) }, 'agent'), ['SECRET is 8 characters long: use at least 16 random characters']);
+    assert.equal(loadConfig({ SECRET: '🔑'.repeat(16) }, 'agent').secret, '🔑'.repeat(16));
+    assert.deepEqual(problemsOf({ SECRET: ` ${'a'.repeat(15)} ` }, 'agent'), ['SECRET is 15 characters long: use at least 16 random characters']);
   });
 
   it('a short SECRET does not stop the one-shot command', () => {
@@ -443,7 +468,7 @@ describe('the built binary with a bad environment', () => {
   it('the one-shot drain exits 2 on a bad variable but does not ask for SECRET', () => {
     const result = run(['drain', '--id', 'i-0123456789abcdef0'], { CLOUDPROVIDER: 'gcp', SIGTERM_DRAIN: 'sometimes' });
     assert.equal(result.status, 2, result.stderr);
-    assert.equal(result.stdout, '');
+    assert.equal(JSON.parse(result.stdout).error.code, 'config');
     assert.ok(result.stderr.includes('CLOUDPROVIDER="gcp" is not supported: the only provider is aws'), result.stderr);
     assert.ok(result.stderr.includes('SIGTERM_DRAIN="sometimes" is not one of auto, always, never'), result.stderr);
     assert.ok(!result.stderr.includes('SECRET'), result.stderr);

@@ -435,7 +435,8 @@ interface Agent {
 }
 
 interface Clients {
-  readonly ec2: EC2Client;
+  /** Loaded when first needed, as the agent's clients are. */
+  readonly ec2: () => Promise<EC2Client>;
   readonly elb: ElasticLoadBalancingClient;
   readonly elbv2: ElasticLoadBalancingV2Client;
   readonly tagging: ResourceGroupsTaggingAPIClient;
@@ -459,8 +460,9 @@ function wire(clients: Clients, calls: CallLog): Agent {
 
 function mockedAgent(world: FakeAws): Agent {
   const config = { region: REGION, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } };
+  const ec2Client = new EC2Client(config);
   const clients: Clients = {
-    ec2: new EC2Client(config),
+    ec2: async () => ec2Client,
     elb: new ElasticLoadBalancingClient(config),
     elbv2: new ElasticLoadBalancingV2Client(config),
     tagging: new ResourceGroupsTaggingAPIClient(config),
@@ -469,7 +471,7 @@ function mockedAgent(world: FakeAws): Agent {
 
   // Anything the fake does not answer is a test failure, not a silent undefined (set first: later rules win).
   const unexpected = new Error('unexpected command: the fake does not answer it');
-  const ec2 = mockClient(clients.ec2);
+  const ec2 = mockClient(ec2Client);
   ec2.onAnyCommand().rejects(unexpected);
   ec2.on(DescribeInstancesCommand).callsFake(fake('ec2:DescribeInstances'));
   ec2.on(DescribeNetworkInterfacesCommand).callsFake(fake('ec2:DescribeNetworkInterfaces'));
@@ -945,7 +947,7 @@ describe('awsCalls in the drain status', () => {
     const clients = createAwsClients(REGION);
     try {
       for (const [service, client] of [
-        ['ec2', clients.ec2],
+        ['ec2', await clients.ec2()],
         ['elb', clients.elb],
         ['elbv2', clients.elbv2],
         ['tagging', clients.tagging],

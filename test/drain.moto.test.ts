@@ -120,7 +120,7 @@ describe('hasta-la-vista drain against moto', () => {
       const before = await registrations(moto.url, world);
       const { code, stdout, stderr } = await drain(args);
       assert.equal(code, 4, `${args.join(' ')}: ${stderr}`);
-      assert.equal(stdout, '');
+      assert.equal((JSON.parse(stdout) as { error?: { code: string } }).error?.code, 'not_found');
       assert.match(stderr, new RegExp(`not found in ${world.clusterVpc}|no instance in ${world.clusterVpc}`));
       assert.deepEqual(await registrations(moto.url, world), before);
     }

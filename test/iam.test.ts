@@ -28,7 +28,8 @@ function sourceFiles(dir: string): string[] {
 /** IAM actions behind every Command and paginator the agent imports from an AWS SDK client. */
 export function actionsCalledByCode(): Set<string> {
   const actions = new Set<string>();
-  const importStatement = /import\s*\{([^}]*)\}\s*from\s*'(@aws-sdk\/client-[a-z0-9-]+)'/g;
+  // Re-exports count too: the lazily loaded clients' modules (e.g. agent/aws/ec2-sdk.ts) name their commands so.
+  const importStatement = /(?:import|export)\s*\{([^}]*)\}\s*from\s*'(@aws-sdk\/client-[a-z0-9-]+)'/g;
   for (const file of sourceFiles(join(ROOT, 'agent'))) {
     for (const [, names, module] of readFileSync(file, 'utf8').matchAll(importStatement)) {
       const prefix = IAM_PREFIX[module!];
@@ -75,6 +76,18 @@ describe('the IAM policy', () => {
     for (const action of localServicesPolicy.Statement.flatMap((statement) => statement.Action)) assert.match(action, /^elasticloadbalancing:Register/);
   });
 
+  test('the Auto Scaling policy grants exactly what holding a lifecycle hook calls', () => {
+    const called = [...actionsCalledByCode()].filter((action) => action.startsWith('autoscaling:')).sort();
+    // The group of the own instance (read from IMDS, no tags) comes from DescribeAutoScalingInstances.
+    assert.deepEqual(called, [
+      'autoscaling:CompleteLifecycleAction',
+      'autoscaling:DescribeAutoScalingInstances',
+      'autoscaling:DescribeLifecycleHooks',
+      'autoscaling:RecordLifecycleActionHeartbeat',
+    ]);
+    assert.deepEqual(asgPolicy.Statement.flatMap((statement) => statement.Action).sort(), called);
+  });
+
   test('allows the mutating actions only on resources that carry a cluster tag', () => {
     const mutating = [
       'elasticloadbalancing:DeregisterInstancesFromLoadBalancer',
@@ -89,7 +102,7 @@ describe('the IAM policy', () => {
       assert.ok(statement.Condition, `${statement.Sid} grants ${statement.Action.join(', ')} without a condition`);
       conditions.push(...Object.values(statement.Condition).flatMap((clause) => Object.keys(clause)));
     }
-    // the three tag keys of DESIGN.md's scope
+    // the three tag keys of the scope (ARCHITECTURE.md)
     const clusterTags = ['aws:ResourceTag/elbv2.k8s.aws/cluster', 'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME', 'aws:ResourceTag/kubernetes/cluster/CLUSTER_NAME'];
     // deregister and register back each under the three cluster tags; the Auto Scaling group's cluster tag
     assert.deepEqual(conditions.sort(), [...clusterTags, ...clusterTags, 'aws:ResourceTag/kubernetes.io/cluster/CLUSTER_NAME'].sort());

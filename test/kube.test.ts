@@ -206,6 +206,8 @@ describe('KubeClient against the fake API server', () => {
     assert.deepEqual(pod, {
       metadata: { name: 'hlv-abcde', namespace: 'kube-system', uid: 'pod-uid', annotations: { a: 'b' } },
       spec: { terminationGracePeriodSeconds: 120, nodeName: 'node-a' },
+      // What the kubelet says of the Pod: read on SIGTERM for its node-shutdown marks.
+      status: { phase: 'Running' },
     });
     assert.deepEqual(fake.requests.at(-1), { method: 'GET', path: '/api/v1/namespaces/kube-system/pods/hlv-abcde' });
   });
@@ -220,7 +222,8 @@ describe('KubeClient against the fake API server', () => {
     assert.equal(node.metadata.annotations['node.alpha.kubernetes.io/ttl'], '0');
     assert.equal(node.metadata.deletionTimestamp, '2026-11-27T10:00:00Z');
     assert.deepEqual(node.spec, { taints: [taint], providerID: 'aws:///us-east-1a/i-0b' });
-    assert.equal('status' in node, false);
+    // The Ready condition, where the kubelet says "node is shutting down".
+    assert.deepEqual(node.status, { conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady' }] });
   });
 
   it('defaults missing labels and annotations to empty maps', async () => {

@@ -1,5 +1,6 @@
 /**
- * Auto Scaling termination held by the group's lifecycle hook while the drain runs.
+ * Auto Scaling termination held while the drain runs by the lifecycle hook named in ASG_LIFECYCLE_HOOK,
+ * and by no other: EKS's own Terminate-LC-Hook beside it is never heartbeaten or completed.
  * moto knows groups and hooks but not heartbeats or completions: the unit tests mock the Auto Scaling
  * client (aws-sdk-client-mock); the end-to-end tests let the proxy in front of moto answer those two
  * calls (recording when they came) and play a classic ELB's connection draining, which moto cannot.
@@ -10,13 +11,17 @@ import {
   AutoScalingClient,
   CompleteLifecycleActionCommand,
   CreateAutoScalingGroupCommand,
+  DescribeAutoScalingInstancesCommand,
+  DeleteLifecycleHookCommand,
   DescribeLifecycleHooksCommand,
   PutLifecycleHookCommand,
   RecordLifecycleActionHeartbeatCommand,
+  type LifecycleHook,
 } from '@aws-sdk/client-auto-scaling';
 import { CreateLaunchTemplateCommand, CreateTagsCommand } from '@aws-sdk/client-ec2';
 import { mockClient } from 'aws-sdk-client-mock';
-import { LifecycleHolder, type HookSetting } from '../agent/aws/lifecycle.ts';
+import { drainHeldByHook, LifecycleHolder, type HookSetting } from '../agent/aws/lifecycle.ts';
+import type { DrainHandle } from '../agent/drain/drainer.ts';
 import type { Instance } from '../agent/drain/instance.ts';
 import type { DrainStatus } from '../agent/drain/status.ts';
 import { silentLogger } from '../agent/log.ts';
@@ -26,39 +31,96 @@ import { awsClients, REGION, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, killAllAgents, spawnAgent, waitReady } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
-const instance = (tags: Record<string, string>): Instance => ({ id: 'i-0123456789abcdef0', vpcId: 'vpc-01234567', privateIps: [], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [], tags });
+const INSTANCE_ID = 'i-0123456789abcdef0';
+const instance = (tags: Record<string, string>): Instance => ({ id: INSTANCE_ID, vpcId: 'vpc-01234567', privateIps: [], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [], tags });
 const GROUP = { 'aws:autoscaling:groupName': 'nodes-a' };
+/** EKS's own termination hook on a managed node group, and the one created for the agent (a short timeout: a heartbeat each second). */
+const EKS_HOOK: LifecycleHook = { LifecycleHookName: 'Terminate-LC-Hook', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 1800 };
+const OUR_HOOK: LifecycleHook = { LifecycleHookName: 'drain-first', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 2 };
 const drained = (state: DrainStatus['state']) => ({ state }) as DrainStatus;
+
+/** A drain that ends when the test says so, as much of a DrainHandle as holding it uses. */
+function fakeDrain(): { handle: DrainHandle; finish(state: DrainStatus['state']): void } {
+  let status = { instanceId: INSTANCE_ID, state: 'draining' } as DrainStatus;
+  let finish!: (state: DrainStatus['state']) => void;
+  const done = new Promise<DrainStatus>((resolve) => (finish = (state) => resolve((status = { ...status, state }))));
+  const handle = { done, status: () => status, amend: (fields: Partial<DrainStatus>) => (status = { ...status, ...fields }) };
+  return { handle: handle as unknown as DrainHandle, finish };
+}
 const noActiveAction = () => Object.assign(new Error('No active Lifecycle Action found with instance ID i-0123456789abcdef0'), { name: 'ValidationError' });
 
 describe('LifecycleHolder (Auto Scaling client mocked)', () => {
   const autoscaling = mockClient(AutoScalingClient);
-  const holder = (setting: HookSetting = { kind: 'auto' }) => new LifecycleHolder(new AutoScalingClient({ region: REGION }), setting, silentLogger());
-  beforeEach(() => autoscaling.reset());
+  /** How often the holder asked for its client: it must build none while holding is off. */
+  let clientsAsked = 0;
+  const holder = (setting: HookSetting = { kind: 'named', name: 'drain-first' }) =>
+    new LifecycleHolder(async () => (clientsAsked++, new AutoScalingClient({ region: REGION })), setting, silentLogger());
+  beforeEach(() => {
+    autoscaling.reset();
+    clientsAsked = 0;
+  });
   // mockClient(Class) patches every instance's send: the end-to-end suite below needs the real one.
   after(() => autoscaling.restore());
 
-  test('finds the group\'s termination hook; ignores launch hooks', async () => {
-    autoscaling.on(DescribeLifecycleHooksCommand).resolves({
-      LifecycleHooks: [
-        { LifecycleHookName: 'on-launch', LifecycleTransition: 'autoscaling:EC2_INSTANCE_LAUNCHING', HeartbeatTimeout: 60 },
-        { LifecycleHookName: 'drain', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 90 },
-      ],
+  /** The group as EKS makes a managed node group's: its own termination hook, and ours beside it. */
+  const eksGroupHooks = (hooks: LifecycleHook[] = [EKS_HOOK, OUR_HOOK]) =>
+    autoscaling.on(DescribeLifecycleHooksCommand).callsFake((input: { LifecycleHookNames?: string[] }) => ({
+      LifecycleHooks: hooks.filter((hook) => input.LifecycleHookNames === undefined || input.LifecycleHookNames.includes(hook.LifecycleHookName!)),
+    }));
+
+  test("no hook named: a group holding only EKS's Terminate-LC-Hook gets no Auto Scaling call at all", async () => {
+    eksGroupHooks([EKS_HOOK]);
+    const drain = fakeDrain();
+    const off = holder({ kind: 'off' });
+    const held = drainHeldByHook(off, instance(GROUP), drain.handle, silentLogger());
+    drain.finish('deregistered');
+    const status = await held;
+    assert.equal(status.lifecycleAction, undefined);
+    assert.equal(await off.hookFor(instance({}), AbortSignal.timeout(1000)), undefined);
+    assert.deepEqual(autoscaling.calls(), []);
+    assert.equal(clientsAsked, 0, 'the Auto Scaling client is not even built');
+  });
+
+  test('a named hook: heartbeats and completes that hook only, never Terminate-LC-Hook', async () => {
+    eksGroupHooks();
+    autoscaling.on(DescribeAutoScalingInstancesCommand).resolves({ AutoScalingInstances: [] });
+    const drain = fakeDrain();
+    // The drain ends once a heartbeat went out, so the hold is seen doing both.
+    autoscaling.on(RecordLifecycleActionHeartbeatCommand).callsFake(() => drain.finish('deregistered'));
+    autoscaling.on(CompleteLifecycleActionCommand).resolves({});
+    const status = await drainHeldByHook(holder(), instance(GROUP), drain.handle, silentLogger());
+
+    assert.equal(status.lifecycleAction?.outcome, 'completed');
+    assert.equal(status.lifecycleAction?.hook, 'drain-first');
+    assert.deepEqual(autoscaling.commandCalls(DescribeLifecycleHooksCommand)[0]!.args[0].input, { AutoScalingGroupName: 'nodes-a', LifecycleHookNames: ['drain-first'] });
+    const touched = [...autoscaling.commandCalls(RecordLifecycleActionHeartbeatCommand), ...autoscaling.commandCalls(CompleteLifecycleActionCommand)];
+    assert.ok(autoscaling.commandCalls(RecordLifecycleActionHeartbeatCommand).length >= 1);
+    assert.equal(autoscaling.commandCalls(CompleteLifecycleActionCommand).length, 1);
+    assert.deepEqual(new Set(touched.map((call) => call.args[0].input.LifecycleHookName)), new Set(['drain-first']));
+    assert.equal(autoscaling.commandCalls(DescribeAutoScalingInstancesCommand).length, 0, 'the tag named the group');
+    assert.equal(clientsAsked, 1, 'one client, built when the hook was first looked up');
+  });
+
+  test('an instance without the group tag (the own one, read from IMDS): the group comes from DescribeAutoScalingInstances', async () => {
+    eksGroupHooks();
+    autoscaling.on(DescribeAutoScalingInstancesCommand).resolves({
+      AutoScalingInstances: [{ InstanceId: INSTANCE_ID, AutoScalingGroupName: 'nodes-a', AvailabilityZone: 'eu-west-1a', LifecycleState: 'Terminating:Wait', HealthStatus: 'HEALTHY', ProtectedFromScaleIn: false }],
     });
-    assert.deepEqual(await holder().hookFor(instance(GROUP), AbortSignal.timeout(1000)), { group: 'nodes-a', hook: 'drain', heartbeatTimeoutSeconds: 90 });
-    assert.equal(autoscaling.commandCalls(DescribeLifecycleHooksCommand)[0]!.args[0].input.AutoScalingGroupName, 'nodes-a');
+    assert.deepEqual(await holder().hookFor(instance({}), AbortSignal.timeout(1000)), { group: 'nodes-a', hook: 'drain-first', heartbeatTimeoutSeconds: 2 });
+    assert.deepEqual(autoscaling.commandCalls(DescribeAutoScalingInstancesCommand)[0]!.args[0].input, { InstanceIds: [INSTANCE_ID] });
   });
 
-  test('holds nothing when turned off, or for an instance of no group', async () => {
-    assert.equal(await holder({ kind: 'off' }).hookFor(instance(GROUP), AbortSignal.timeout(1000)), undefined);
+  test('an instance in no group: nothing to hold, no hook looked up', async () => {
+    autoscaling.on(DescribeAutoScalingInstancesCommand).resolves({ AutoScalingInstances: [] });
     assert.equal(await holder().hookFor(instance({}), AbortSignal.timeout(1000)), undefined);
-    assert.equal(autoscaling.calls().length, 0);
+    assert.equal(autoscaling.commandCalls(DescribeLifecycleHooksCommand).length, 0);
   });
 
-  test('a named hook is asked for by name', async () => {
-    autoscaling.on(DescribeLifecycleHooksCommand).resolves({ LifecycleHooks: [] });
-    assert.equal(await holder({ kind: 'named', name: 'mine' }).hookFor(instance(GROUP), AbortSignal.timeout(1000)), undefined);
-    assert.deepEqual(autoscaling.commandCalls(DescribeLifecycleHooksCommand)[0]!.args[0].input.LifecycleHookNames, ['mine']);
+  test('a named hook the group lacks, or one on launch, holds nothing', async () => {
+    eksGroupHooks([EKS_HOOK]);
+    assert.equal(await holder().hookFor(instance(GROUP), AbortSignal.timeout(1000)), undefined);
+    eksGroupHooks([EKS_HOOK, { ...OUR_HOOK, LifecycleTransition: 'autoscaling:EC2_INSTANCE_LAUNCHING' }]);
+    assert.equal(await holder().hookFor(instance(GROUP), AbortSignal.timeout(1000)), undefined);
   });
 
   test('heartbeats while the drain runs, then completes with CONTINUE, in that order', async () => {
@@ -107,6 +169,7 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
   let imds: FakeImds;
   /** When the classic ELB's connection draining ends, once started. */
   let drainingUntil: number | undefined;
+  let removeOurHook: () => Promise<unknown>;
 
   before(async () => {
     moto = await startMoto();
@@ -126,15 +189,21 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
     await autoscaling.send(
       new CreateAutoScalingGroupCommand({ AutoScalingGroupName: 'nodes-a', MinSize: 0, MaxSize: 1, DesiredCapacity: 0, LaunchTemplate: { LaunchTemplateName: 'nodes' }, VPCZoneIdentifier: world.subnets[0] }),
     );
+    // As on an EKS managed node group: EKS's own termination hook, and the one created for the agent.
     // A short heartbeat timeout (real AWS allows 30 s at least), so a heartbeat falls inside the test.
-    await autoscaling.send(
-      new PutLifecycleHookCommand({ AutoScalingGroupName: 'nodes-a', LifecycleHookName: 'drain-first', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 2 }),
-    );
+    for (const [name, timeout] of [['Terminate-LC-Hook', 1800], ['drain-first', 2]] as const) {
+      await autoscaling.send(
+        new PutLifecycleHookCommand({ AutoScalingGroupName: 'nodes-a', LifecycleHookName: name, LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: timeout }),
+      );
+    }
     await aws.ec2.send(new CreateTagsCommand({ Resources: [world.node.id], Tags: [{ Key: 'aws:autoscaling:groupName', Value: 'nodes-a' }] }));
+    removeOurHook = () => autoscaling.send(new DeleteLifecycleHookCommand({ AutoScalingGroupName: 'nodes-a', LifecycleHookName: 'drain-first' }));
 
     drainingUntil = undefined;
     const ok = (action: string) => `<${action}Response xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><${action}Result/><ResponseMetadata><RequestId>proxy</RequestId></ResponseMetadata></${action}Response>`;
     proxy.addFault((call) => (call.service === 'autoscaling' && ['RecordLifecycleActionHeartbeat', 'CompleteLifecycleAction'].includes(call.action) ? { kind: 'respond', status: 200, body: ok(call.action) } : undefined));
+    // moto knows only the instances it launched into the group; the node was made apart from it.
+    proxy.addFault((call) => (call.action === 'DescribeAutoScalingInstances' && call.params.get('InstanceIds.member.1') === world.node.id ? { kind: 'respond', status: 200, body: inGroup(world.node.id, 'nodes-a') } : undefined));
     proxy.addFault((call) => {
       if (call.action !== 'DescribeInstanceHealth' || call.params.get('LoadBalancerName') !== world.classic.tagged || drainingUntil === undefined || Date.now() >= drainingUntil) return undefined;
       return { kind: 'respond', status: 200, body: inProgress(world.node.id) };
@@ -148,7 +217,7 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
     await imds.close();
   });
 
-  const startAgent = async (extra: Record<string, string> = {}) => {
+  const startAgent = async (extra: Record<string, string> = { ASG_LIFECYCLE_HOOK: 'drain-first' }) => {
     const agent = spawnAgent(await freePort(), { AWS_ENDPOINT_URL: proxy.url, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url, SECRET, POLL_INTERVAL: '1', ...extra });
     await waitReady(agent);
     return agent;
@@ -169,6 +238,7 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
     assert.equal(complete.params.get('AutoScalingGroupName'), 'nodes-a');
     assert.equal(complete.params.get('LifecycleHookName'), 'drain-first');
     assert.equal(complete.params.get('InstanceId'), world.node.id);
+    assert.deepEqual(new Set([...all('RecordLifecycleActionHeartbeat'), ...all('CompleteLifecycleAction')].map((call) => call.params.get('LifecycleHookName'))), new Set(['drain-first']), "EKS's hook is never touched");
     const lastOut = Math.max(...agent.logs().filter((event) => event.msg === 'out').map((event) => Date.parse(event.time)));
     assert.ok(complete.at >= lastOut, 'completed after the last load balancer was seen out');
     assert.equal(all('CompleteLifecycleAction').length, 1);
@@ -181,7 +251,7 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
   });
 
   test('completes even when the drain times out, and says so', async () => {
-    const agent = await startAgent({ DRAIN_TIMEOUT: '3' });
+    const agent = await startAgent({ ASG_LIFECYCLE_HOOK: 'drain-first', DRAIN_TIMEOUT: '3' });
     drainingUntil = Date.now() + 1e9; // never out
     imds.set('meta-data/autoscaling/target-lifecycle-state', 'Terminated');
     const complete = await eventually(() => first('CompleteLifecycleAction'), 15_000, 'the lifecycle action completed');
@@ -205,7 +275,23 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
     await eventually(() => off.logs().some((event) => event.msg === 'drain deregistered'), 15_000, 'the drain finished');
     assert.equal(all('DescribeLifecycleHooks').length + all('CompleteLifecycleAction').length, 0);
   });
+
+  test("no hook named, a group holding only EKS's Terminate-LC-Hook: the drain runs, no lifecycle call at all", async () => {
+    await removeOurHook();
+    proxy.calls.length = 0;
+    const agent = await startAgent({});
+    imds.set('meta-data/autoscaling/target-lifecycle-state', 'Terminated');
+    await eventually(() => agent.logs().some((event) => event.msg === 'drain deregistered'), 15_000, 'the drain finished');
+    assert.deepEqual(proxy.calls.filter((call) => call.service === 'autoscaling').map((call) => call.action), []);
+    const status = (await (await agent.fetch(`/drain/${world.node.id}`, { headers: { authorization: `Bearer ${SECRET}` } })).json()) as DrainStatus;
+    assert.equal(status.trigger, 'asg-termination');
+    assert.equal(status.lifecycleAction, undefined);
+  });
 });
+
+function inGroup(instanceId: string, group: string): string {
+  return `<DescribeAutoScalingInstancesResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><DescribeAutoScalingInstancesResult><AutoScalingInstances><member><InstanceId>${instanceId}</InstanceId><AutoScalingGroupName>${group}</AutoScalingGroupName><AvailabilityZone>${REGION}a</AvailabilityZone><LifecycleState>Terminating:Wait</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member></AutoScalingInstances></DescribeAutoScalingInstancesResult><ResponseMetadata><RequestId>proxy</RequestId></ResponseMetadata></DescribeAutoScalingInstancesResponse>`;
+}
 
 function inProgress(instanceId: string): string {
   return `<DescribeInstanceHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2012-06-01/"><DescribeInstanceHealthResult><InstanceStates><member><InstanceId>${instanceId}</InstanceId><State>InService</State><ReasonCode>N/A</ReasonCode><Description>Instance deregistration currently in progress.</Description></member></InstanceStates></DescribeInstanceHealthResult><ResponseMetadata><RequestId>proxy</RequestId></ResponseMetadata></DescribeInstanceHealthResponse>`;

@@ -7,9 +7,12 @@
  * not the adaptive one, whose client-side rate limiter slows every later call after one throttle (a
  * throttled drain took seconds instead of a fraction of one, measured): the drainer retries across its whole
  * deadline itself, and every call it makes carries an abort signal, so no retry runs past the deadline.
+ *
+ * The EC2 and Auto Scaling clients are loaded on first use (the build puts each in a chunk of its own):
+ * EC2 is by far the largest module of the bundle, and an agent waiting for a notice calls neither.
  */
-import { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
-import { EC2Client } from '@aws-sdk/client-ec2';
+import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
+import type { EC2Client } from '@aws-sdk/client-ec2';
 import { ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
 import { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
@@ -18,21 +21,28 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { CallLog } from './call-log.ts';
 
 export interface AwsClients {
-  readonly ec2: EC2Client;
+  /** Loads and creates the client on the first call; every call answers the same client. */
+  readonly ec2: () => Promise<EC2Client>;
   readonly elb: ElasticLoadBalancingClient;
   readonly elbv2: ElasticLoadBalancingV2Client;
   readonly tagging: ResourceGroupsTaggingAPIClient;
-  readonly autoscaling: AutoScalingClient;
+  /** Loads and creates the client on the first call; every call answers the same client. */
+  readonly autoscaling: () => Promise<AutoScalingClient>;
   /** Counts every call by action, overall and per drain. */
   readonly calls: CallLog;
+  /** Destroys every client created so far (a lazy one that was never asked for is never loaded). */
+  destroy(): void;
+}
+
+/** What every SDK client has (their middleware stacks' types differ by client; counting needs only this much). */
+interface SdkClient {
+  readonly middlewareStack: object;
   destroy(): void;
 }
 
 /** A client's middleware stack, as far as counting calls needs it. */
-interface CountableClient {
-  middlewareStack: {
-    add(middleware: (next: (args: unknown) => Promise<unknown>, context: { commandName?: string }) => (args: unknown) => Promise<unknown>, options: { step: 'initialize'; name: string }): void;
-  };
+interface CountableStack {
+  add(middleware: (next: (args: unknown) => Promise<unknown>, context: { commandName?: string }) => (args: unknown) => Promise<unknown>, options: { step: 'initialize'; name: string }): void;
 }
 
 export function createAwsClients(region: string): AwsClients {
@@ -46,26 +56,37 @@ export function createAwsClients(region: string): AwsClients {
     requestHandler: new NodeHttpHandler({ connectionTimeout: 3_000, requestTimeout: 10_000, throwOnRequestTimeout: true }),
   } as const;
 
-  const clients = {
-    ec2: new EC2Client(common),
-    elb: new ElasticLoadBalancingClient(common),
-    elbv2: new ElasticLoadBalancingV2Client(common),
-    tagging: new ResourceGroupsTaggingAPIClient(common),
-    autoscaling: new AutoScalingClient(common),
+  const created: SdkClient[] = [];
+  const counted = <T extends SdkClient>(client: T): T => {
+    countCalls(client, calls);
+    created.push(client);
+    return client;
   };
-  for (const client of Object.values(clients)) countCalls(client as unknown as CountableClient, calls);
+  /** The client `load` makes, made once, on the first call (a failed load is tried again on the next). */
+  const lazy = <T extends SdkClient>(load: () => Promise<T>): (() => Promise<T>) => {
+    let client: Promise<T> | undefined;
+    return () =>
+      (client ??= load().then(counted, (error: unknown) => {
+        client = undefined;
+        throw error;
+      }));
+  };
 
   return {
-    ...clients,
+    ec2: lazy(async () => new (await import('./ec2-sdk.ts')).EC2Client(common)),
+    elb: counted(new ElasticLoadBalancingClient(common)),
+    elbv2: counted(new ElasticLoadBalancingV2Client(common)),
+    tagging: counted(new ResourceGroupsTaggingAPIClient(common)),
+    autoscaling: lazy(async () => new (await import('./autoscaling-sdk.ts')).AutoScalingClient(common)),
     calls,
     destroy() {
-      for (const client of Object.values(clients)) client.destroy();
+      for (const client of created) client.destroy();
     },
   };
 }
 
-function countCalls(client: CountableClient, calls: CallLog): void {
-  client.middlewareStack.add(
+function countCalls(client: SdkClient, calls: CallLog): void {
+  (client.middlewareStack as CountableStack).add(
     (next, context) => (args) => {
       calls.record((context.commandName ?? 'Unknown').replace(/Command$/, ''));
       return next(args);

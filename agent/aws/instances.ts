@@ -2,47 +2,51 @@
  * Finds an instance of the VPC by id or by any of its addresses: private IPv4 (primary, secondary), IPv6,
  * or one inside a delegated IPv4 or IPv6 prefix (the VPC CNI's prefix mode hands pods such addresses,
  * and ip target groups hold them).
+ *
+ * The EC2 SDK is imported only when a lookup runs (see AwsClients.ec2): an agent that never looks up an
+ * instance never loads it.
  */
-import {
-  DescribeInstancesCommand,
-  DescribeNetworkInterfacesCommand,
-  paginateDescribeNetworkInterfaces,
-  type EC2Client,
-  type Instance as Ec2Instance,
-  type NetworkInterface,
-} from '@aws-sdk/client-ec2';
+import type { EC2Client, Instance as Ec2Instance, NetworkInterface } from '@aws-sdk/client-ec2';
 import { InstanceNotFoundError, type Instance, type InstanceLookup, type InstanceRef } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
 import { cidrContains, ipFamily } from '../drain/addresses.ts';
 import { tagsFromList } from './tags.ts';
 
+/** The EC2 SDK's commands: loaded with the client (AwsClients.ec2), so by then this costs nothing more. */
+const ec2Sdk = () => import('./ec2-sdk.ts');
+
+/** One instance by id, or undefined when EC2 does not know it. */
+export async function describeInstance(ec2: () => Promise<EC2Client>, id: string, signal?: AbortSignal): Promise<Ec2Instance | undefined> {
+  const client = await ec2();
+  const { DescribeInstancesCommand } = await ec2Sdk();
+  try {
+    const answer = await client.send(new DescribeInstancesCommand({ InstanceIds: [id] }), { abortSignal: signal });
+    return answer.Reservations?.flatMap((reservation) => reservation.Instances ?? [])[0];
+  } catch (error) {
+    if (errorCode(error) === 'InvalidInstanceID.NotFound') return undefined;
+    throw error;
+  }
+}
+
 export class Ec2InstanceLookup implements InstanceLookup {
   constructor(
-    private readonly ec2: EC2Client,
+    private readonly ec2: () => Promise<EC2Client>,
     private readonly vpcId: string,
   ) {}
 
   async find(ref: InstanceRef, signal: AbortSignal): Promise<Instance> {
     const id = 'id' in ref ? ref.id : await this.instanceIdByIp(ref.ip, signal);
     if (id === undefined) throw new InstanceNotFoundError(ref, this.vpcId);
-    const instance = await this.describe(id, signal);
+    const instance = await describeInstance(this.ec2, id, signal);
     if (instance?.VpcId !== this.vpcId) throw new InstanceNotFoundError(ref, this.vpcId);
     return toInstance(instance, this.vpcId);
   }
 
-  private async describe(id: string, signal: AbortSignal): Promise<Ec2Instance | undefined> {
-    try {
-      const answer = await this.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }), { abortSignal: signal });
-      return answer.Reservations?.flatMap((reservation) => reservation.Instances ?? [])[0];
-    } catch (error) {
-      if (errorCode(error) === 'InvalidInstanceID.NotFound') return undefined;
-      throw error;
-    }
-  }
-
   private async instanceIdByIp(ip: string, signal: AbortSignal): Promise<string | undefined> {
+    const client = await this.ec2();
+    const { DescribeNetworkInterfacesCommand, paginateDescribeNetworkInterfaces } = await ec2Sdk();
     // One precise query covers primary and secondary addresses of attached interfaces.
-    const direct = await this.ec2.send(
+    const direct = await client.send(
       new DescribeNetworkInterfacesCommand({
         Filters: [
           { Name: 'vpc-id', Values: [this.vpcId] },
@@ -56,7 +60,7 @@ export class Ec2InstanceLookup implements InstanceLookup {
 
     // No filter matches an address inside a delegated prefix, so look through the VPC's interfaces.
     const pages = paginateDescribeNetworkInterfaces(
-      { client: this.ec2, pageSize: 1000 },
+      { client, pageSize: 1000 },
       { Filters: [{ Name: 'vpc-id', Values: [this.vpcId] }] },
       { abortSignal: signal },
     );

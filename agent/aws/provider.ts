@@ -2,13 +2,12 @@
  * AWS as the drainer sees it: where this runs (region, VPC, cluster), how to find an instance, and
  * the load balancer families. Built once at start-up; the only module that knows all of the AWS parts.
  */
-import { DescribeInstancesCommand } from '@aws-sdk/client-ec2';
 import type { LoadBalancerFamily } from '../drain/family.ts';
 import type { InstanceLookup } from '../drain/instance.ts';
 import type { Logger } from '../log.ts';
 import { ClassicFamily } from './classic.ts';
 import type { AwsClients } from './clients.ts';
-import { Ec2InstanceLookup } from './instances.ts';
+import { describeInstance, Ec2InstanceLookup } from './instances.ts';
 import { LifecycleHolder, type HookSetting } from './lifecycle.ts';
 import { TaggedInventory } from './inventory.ts';
 import { clusterNameFromInstanceTags, tagsFromList } from './tags.ts';
@@ -47,8 +46,7 @@ export class PlacementError extends Error {
 
 /** The cluster name from the instance's own tags (kubernetes.io/cluster/<name> or eks:cluster-name). */
 export async function clusterNameOfInstance(clients: AwsClients, instanceId: string): Promise<string> {
-  const answer = await clients.ec2.send(new DescribeInstancesCommand({ InstanceIds: [instanceId] }));
-  const instance = answer.Reservations?.flatMap((reservation) => reservation.Instances ?? [])[0];
+  const instance = await describeInstance(clients.ec2, instanceId);
   const name = clusterNameFromInstanceTags(tagsFromList(instance?.Tags));
   if (name === undefined) {
     throw new PlacementError(

@@ -81,8 +81,10 @@ export async function runDrain(
     }),
   );
 
-  // Aborted other than by the deadline: the agent is stopping (a second signal, the end of a grace period).
-  const interrupted = signal.aborted && (signal.reason as Error | undefined)?.name !== 'TimeoutError';
+  // Aborted other than by the deadline: the agent is stopping (a second signal, the end of a grace period),
+  // or the node was given back; the abort's reason says which.
+  const reason = signal.reason as Error | undefined;
+  const interrupted = signal.aborted && reason?.name !== 'TimeoutError' ? reason?.message ?? 'the agent stopped the drain' : undefined;
   settle(status, shortfall, options.dryRun, interrupted);
   status.finishedAt = new Date().toISOString();
   const durationMs = Date.now() - started;
@@ -194,16 +196,16 @@ async function failOrWait(error: unknown, attempt: number, entry: LoadBalancerSt
 }
 
 /** The overall state, from what each load balancer reached: success only where every one was seen out. */
-function settle(status: DrainStatus, { failures, unfinished, notes }: Shortfall, dryRun: boolean, interrupted: boolean): void {
+function settle(status: DrainStatus, { failures, unfinished, notes }: Shortfall, dryRun: boolean, interrupted: string | undefined): void {
   const draining = status.loadBalancers.filter((lb) => lb.state === 'draining').length;
   const failed = status.loadBalancers.filter((lb) => lb.state === 'failed').length;
   const problems = [...failures, ...unfinished];
   if (dryRun) {
     status.state = problems.length > 0 ? 'failed' : 'skipped';
     status.reason = [`dry run: would deregister from ${status.loadBalancers.length} load balancer(s), changed nothing`, ...problems].join('; ');
-  } else if (interrupted && (draining > 0 || unfinished.length > 0)) {
+  } else if (interrupted !== undefined && (draining > 0 || unfinished.length > 0)) {
     status.state = 'failed';
-    status.reason = [`interrupted: the agent stopped the drain with ${draining} load balancer(s) not yet out`, ...problems].join('; ');
+    status.reason = [`interrupted: ${interrupted} with ${draining} load balancer(s) not yet out`, ...problems].join('; ');
   } else if (draining > 0 || unfinished.length > 0) {
     status.state = 'timed_out';
     status.reason = [...(draining > 0 ? [`deadline passed with ${draining} load balancer(s) not yet out`] : []), ...problems].join('; ');

@@ -8,7 +8,7 @@ import type { Logger } from '../log.ts';
 import { runDrain, type DrainObserver, type DrainOptions } from './drain.ts';
 import { describeScope, type LoadBalancerFamily, type Scope } from './family.ts';
 import type { Instance, InstanceLookup, InstanceRef } from './instance.ts';
-import { isFinished, type DrainStatus } from './status.ts';
+import { isFinished, type DrainStatus, type Trigger } from './status.ts';
 
 export interface DrainHandle {
   /** A snapshot of the drain's status, safe to serialise. */
@@ -19,6 +19,13 @@ export interface DrainHandle {
   readonly joined: boolean;
   /** Adds what a caller learned alongside the drain (e.g. its lifecycle action) to the status. */
   amend(fields: Pick<DrainStatus, 'lifecycleAction'>): void;
+  /**
+   * Moves the deadline (a spot notice's time moved, a sooner notice arrived) and records every trigger
+   * now behind the drain. A finished drain ignores it.
+   */
+  reschedule(deadline: Date, triggers: readonly Trigger[]): void;
+  /** Ends the drain now, e.g. because the node was given back; its status says `interrupted: <why>`. */
+  cancel(why: string): void;
 }
 
 export class TooManyDrainsError extends Error {
@@ -63,8 +70,10 @@ export class Drainer {
     // A timer of our own, not AbortSignal.timeout(): on Node 20 a garbage collection can lose that
     // signal inside AbortSignal.any(), and the drain would then never reach its deadline.
     const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(new DOMException('the drain deadline passed', 'TimeoutError')), Math.max(0, options.deadline.getTime() - Date.now()));
-    const signal = AbortSignal.any([deadline.signal, this.stopping.signal]);
+    const canceled = new AbortController();
+    const arm = (at: Date) => setTimeout(() => deadline.abort(new DOMException('the drain deadline passed', 'TimeoutError')), Math.max(0, at.getTime() - Date.now()));
+    let timer = arm(options.deadline);
+    const signal = AbortSignal.any([deadline.signal, canceled.signal, this.stopping.signal]);
     const done = this.options.calls
       .measure(status.awsCalls, () => runDrain(instance, options, this.options.families, status, signal, this.options.logger, this.options.observer))
       .catch((error: unknown) => {
@@ -79,7 +88,20 @@ export class Drainer {
         this.inFlight.delete(key);
         return snapshot(status);
       });
-    const handle: DrainHandle = { status: () => snapshot(status), done, joined: false, amend: (fields) => Object.assign(status, fields) };
+    const handle: DrainHandle = {
+      status: () => snapshot(status),
+      done,
+      joined: false,
+      amend: (fields) => Object.assign(status, fields),
+      reschedule: (at, triggers) => {
+        if (isFinished(status) || deadline.signal.aborted) return;
+        clearTimeout(timer);
+        timer = arm(at);
+        status.deadline = at.toISOString();
+        status.triggers = [...new Set([status.trigger, ...triggers])];
+      },
+      cancel: (why) => canceled.abort(new DOMException(why, 'AbortError')),
+    };
     this.inFlight.set(key, handle);
     this.remember(instance.id, handle);
     return handle;
@@ -90,7 +112,14 @@ export class Drainer {
     const status: DrainStatus = { ...newStatus(instance, options), state: 'skipped', reason, finishedAt: new Date().toISOString() };
     this.options.logger.info({ instanceId: instance.id, trigger: options.trigger, scope: status.scope, reason }, 'drain skipped');
     this.options.observer?.finished?.(snapshot(status), 0);
-    const handle: DrainHandle = { status: () => snapshot(status), done: Promise.resolve(snapshot(status)), joined: false, amend: (fields) => Object.assign(status, fields) };
+    const handle: DrainHandle = {
+      status: () => snapshot(status),
+      done: Promise.resolve(snapshot(status)),
+      joined: false,
+      amend: (fields) => Object.assign(status, fields),
+      reschedule: () => undefined,
+      cancel: () => undefined,
+    };
     this.remember(instance.id, handle);
     return handle;
   }
@@ -119,7 +148,7 @@ export class Drainer {
 
   /** Ends every running drain now (each reports how far it got) and waits for them to settle. */
   async abortAll(): Promise<void> {
-    this.stopping.abort();
+    this.stopping.abort(new DOMException('the agent stopped the drain', 'AbortError'));
     await Promise.all([...this.inFlight.values()].map((handle) => handle.done));
   }
 
@@ -143,6 +172,7 @@ function newStatus(instance: Instance, options: DrainOptions): DrainStatus {
     dryRun: options.dryRun,
     startedAt: new Date().toISOString(),
     deadline: options.deadline.toISOString(),
+    triggers: [options.trigger],
     finishedAt: null,
     awsCalls: {},
     loadBalancers: [],

@@ -6,6 +6,8 @@ export type Trigger =
   | 'asg-warm-pool'
   | 'scheduled-maintenance'
   | 'rebalance-recommendation'
+  | 'node-shutdown'
+  | 'node-removal'
   | 'sigterm'
   | 'api'
   | 'cli'
@@ -34,7 +36,10 @@ export interface DrainStatus {
   reason?: string;
   readonly dryRun: boolean;
   readonly startedAt: string;
-  readonly deadline: string;
+  /** Moves when the signs behind the drain change (a spot notice's time moved, a sooner notice came). */
+  deadline: string;
+  /** Every trigger behind the drain, the one it started with first. */
+  triggers: Trigger[];
   finishedAt: string | null;
   /** AWS calls this drain made, by action. */
   awsCalls: Record<string, number>;

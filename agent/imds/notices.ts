@@ -1,16 +1,21 @@
 import type { Logger } from '../log.ts';
-import type { ImdsClient } from './client.ts';
+import { ImdsUnavailableError, type ImdsClient } from './client.ts';
 
-export type NoticeKind = 'spot-interruption' | 'asg-termination' | 'scheduled-maintenance' | 'rebalance-recommendation';
+export type NoticeKind = 'spot-interruption' | 'asg-termination' | 'asg-warm-pool' | 'scheduled-maintenance' | 'rebalance-recommendation';
 
 export interface Notice {
-  kind: NoticeKind;
-  /** Distinct per notice: the kind and its time or event id. */
-  key: string;
-  /** When the instance must be out of the load balancers, if the notice says. */
-  deadline: Date | undefined;
-  detail: Record<string, unknown>;
+  readonly kind: NoticeKind;
+  /** The same notice from poll to poll: its kind, and for maintenance `scheduled-maintenance:<EventId>`. */
+  readonly key: string;
+  /** When the instance must be out of the load balancers, if the notice says; it may move between polls. */
+  readonly deadline: Date | undefined;
+  /** The instance ends with it: once seen, it stays active for the life of the process, even when IMDS drops it. */
+  readonly sticky: boolean;
+  readonly detail: Readonly<Record<string, unknown>>;
 }
+
+/** For /readyz: whether IMDS notices can be read now. */
+export type NoticesHealth = { readonly ok: true } | { readonly ok: false; readonly reason: string };
 
 export interface NoticesWatcherOptions {
   imds: ImdsClient;
@@ -21,7 +26,9 @@ export interface NoticesWatcherOptions {
   /** Taken off a notice's time to give the deadline. */
   deadlineMarginMs: number;
   logger: Logger;
-  onNotice: (notice: Notice) => void;
+  /** Every notice active now, after each poll that changed them: one added or passed, or a deadline moved. */
+  onNotices: (active: readonly Notice[]) => void;
+  /** Once per failed poll. */
   onPollError?: (err: Error) => void;
   now?: () => number;
 }
@@ -31,21 +38,47 @@ const ASG_PATH = 'latest/meta-data/autoscaling/target-lifecycle-state';
 const MAINTENANCE_PATH = 'latest/meta-data/events/maintenance/scheduled';
 const REBALANCE_PATH = 'latest/meta-data/events/recommendations/rebalance';
 
-/** Event codes after which the instance is gone or rebooted; the others (e.g. network maintenance) keep it serving. */
-const DISRUPTIVE_MAINTENANCE = new Set(['instance-reboot', 'system-reboot', 'system-maintenance', 'instance-retirement', 'instance-stop']);
+/** The event codes EC2 documents; every one takes the instance down for a while. */
+const MAINTENANCE_CODES = new Set(['instance-reboot', 'system-reboot', 'system-maintenance', 'instance-retirement', 'instance-stop']);
+/** Network (or power) maintenance: out for the event's window, from NotBefore to NotAfter, then back. */
+const WINDOWED_MAINTENANCE = 'system-maintenance';
 const INACTIVE_MAINTENANCE_STATES = new Set(['completed', 'canceled']);
+
+/** Target lifecycle states after which the instance is gone. */
+const ENDING_STATES = new Set(['Terminated', 'Warmed:Terminated']);
+/** A warm pool's instance about to be stopped or hibernated: out until it is InService again. */
+const STOPPING_STATES = new Set(['Warmed:Stopped', 'Warmed:Hibernated']);
+/** Auto Scaling's lifecycle states (API `LifecycleState`, plus `Warmed:Hibernated`); anything else is logged once. */
+const KNOWN_STATES = new Set([
+  'Pending', 'Pending:Wait', 'Pending:Proceed', 'Quarantined', 'InService', 'Terminating', 'Terminating:Wait', 'Terminating:Proceed',
+  'Terminated', 'Detaching', 'Detached', 'EnteringStandby', 'Standby', 'Warmed:Pending', 'Warmed:Pending:Wait', 'Warmed:Pending:Proceed',
+  'Warmed:Terminating', 'Warmed:Terminating:Wait', 'Warmed:Terminating:Proceed', 'Warmed:Terminated', 'Warmed:Stopped', 'Warmed:Running',
+  'Warmed:Hibernated',
+]);
+
 /** How long a drain may still try when its notice's time has already come. */
 const LATE_NOTICE_GRACE_MS = 10_000;
 
-/** Polls IMDS for signs that this instance is going away and reports each one once. */
+/**
+ * Polls IMDS for signs that this instance is going away and keeps the set of notices active now: a
+ * notice that passes (a canceled maintenance, a warm-pool instance InService again) leaves the set, one
+ * that ends the instance never does.
+ */
 export class NoticesWatcher {
   private readonly opts: NoticesWatcherOptions;
   private readonly now: () => number;
-  private readonly reported = new Set<string>();
+  private readonly paths: readonly string[];
+  /** Each item's last body read (`undefined`: absent); a failed read keeps the one before. */
+  private readonly readings = new Map<string, string | undefined>();
+  private readonly stickySeen = new Map<string, Notice>();
+  /** When each active notice's time was first seen: a late notice's grace counts from then, so its deadline holds still. */
+  private readonly timeSeen = new Map<string, { time: number; at: number }>();
+  private reported: readonly Notice[] = [];
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
   private running = false;
-  private failing = false;
+  /** Why the last poll failed; undefined after a poll that read every item. */
+  private failure: { cause: string; reason: string } | undefined;
   private readonly malformedSeen = new Set<string>();
   private lastTick: number | undefined;
   private lastSuccess: number | undefined;
@@ -53,6 +86,7 @@ export class NoticesWatcher {
   constructor(opts: NoticesWatcherOptions) {
     this.opts = opts;
     this.now = opts.now ?? Date.now;
+    this.paths = [SPOT_PATH, ASG_PATH, MAINTENANCE_PATH, ...(opts.drainOnRebalance ? [REBALANCE_PATH] : [])];
   }
 
   /** Polls at once, then `pollIntervalMs` after each poll ends, so polls never overlap. */
@@ -81,14 +115,21 @@ export class NoticesWatcher {
     return this.lastSuccess;
   }
 
+  /** Not ok before the first poll and while polls fail: notices may then be missed. */
+  health(): NoticesHealth {
+    if (this.lastTick === undefined) return { ok: false, reason: 'no IMDS poll has finished yet' };
+    return this.failure ? { ok: false, reason: this.failure.reason } : { ok: true };
+  }
+
   /**
-   * Every notice actionable now, without reporting any. Throws only when IMDS could not be read and
-   * nothing was found: a notice read from one item is an answer even if another item failed.
+   * Every notice actionable now, sticky ones included, without reporting them. Throws only when an item
+   * could not be read and no notice is active: a notice found is an answer even if another item failed.
    */
   async check(): Promise<Notice[]> {
-    const { notices, errors } = await this.scan();
-    if (notices.length === 0 && errors[0]) throw errors[0];
-    return notices;
+    const errors = await this.read();
+    const active = this.active();
+    if (active.length === 0 && errors[0]) throw errors[0];
+    return active;
   }
 
   private schedule(delayMs: number): void {
@@ -102,84 +143,110 @@ export class NoticesWatcher {
 
   /** Never rejects: it runs from a timer. */
   private async poll(): Promise<void> {
-    const { notices, errors } = await this.scan();
-    for (const notice of notices) this.report(notice);
-    const firstError = errors[0];
-    if (firstError) this.pollFailed(firstError);
+    const errors = await this.read();
+    this.report(this.active());
+    if (errors.length > 0) this.pollFailed(errors);
     else this.pollSucceeded();
     this.lastTick = this.now();
   }
 
-  private report(notice: Notice): void {
-    if (this.reported.has(notice.key)) return;
-    this.reported.add(notice.key);
-    this.opts.logger.info({ notice }, 'instance notice');
+  /** Reads every item at once, so one slow item does not delay the others; returns the failures. */
+  private async read(): Promise<Error[]> {
+    const results = await Promise.allSettled(this.paths.map((path) => this.opts.imds.get(path)));
+    const errors: Error[] = [];
+    results.forEach((result, i) => {
+      if (result.status === 'fulfilled') this.readings.set(this.paths[i]!, result.value);
+      else errors.push(result.reason instanceof Error ? result.reason : new Error(String(result.reason)));
+    });
+    return errors;
+  }
+
+  /** The notices the readings give now, plus every sticky one seen before; sorted by key. */
+  private active(): Notice[] {
+    const byKey = new Map<string, Notice>();
+    for (const [path, body] of this.readings) for (const notice of this.noticesOf(path, body)) byKey.set(notice.key, notice);
+    for (const notice of byKey.values()) if (notice.sticky) this.stickySeen.set(notice.key, notice);
+    for (const [key, notice] of this.stickySeen) if (!byKey.has(key)) byKey.set(key, notice);
+    for (const key of this.timeSeen.keys()) if (!byKey.has(key)) this.timeSeen.delete(key);
+    return [...byKey.values()].sort((a, b) => a.key.localeCompare(b.key));
+  }
+
+  private report(active: readonly Notice[]): void {
+    const before = new Map(this.reported.map((notice) => [notice.key, notice]));
+    const now = new Map(active.map((notice) => [notice.key, notice]));
+    const added = active.filter((notice) => !before.has(notice.key)).map((notice) => notice.key);
+    const passed = this.reported.filter((notice) => !now.has(notice.key)).map((notice) => notice.key);
+    const moved = active
+      .filter((notice) => before.has(notice.key) && before.get(notice.key)!.deadline?.getTime() !== notice.deadline?.getTime())
+      .map((notice) => notice.key);
+    if (added.length + passed.length + moved.length === 0) return;
+    this.reported = active;
+    this.opts.logger.info({ added, passed, moved, notices: active }, 'instance notices changed');
     try {
-      this.opts.onNotice(notice);
+      this.opts.onNotices(active);
     } catch (err) {
-      this.opts.logger.error({ err, notice }, 'notice handler failed');
+      this.opts.logger.error({ err }, 'notices handler failed');
     }
   }
 
-  private pollFailed(err: Error): void {
-    // Warn when IMDS starts failing; repeating it every poll would only bury the other logs.
-    if (this.failing) this.opts.logger.debug({ err }, 'IMDS poll still failing');
-    else this.opts.logger.warn({ err }, 'IMDS poll failed; will keep polling');
-    this.failing = true;
+  private pollFailed(errors: readonly Error[]): void {
+    const reasons = [...new Set(errors.map((err) => (err instanceof ImdsUnavailableError ? err.reason : err.message)))].sort();
+    const cause = reasons.join('; ');
+    const paths = errors.flatMap((err) => (err instanceof ImdsUnavailableError ? [err.path] : []));
+    // Warn when the cause changes; repeating it every poll would only bury the other logs.
+    if (this.failure?.cause === cause) this.opts.logger.debug({ paths, cause }, 'IMDS poll still failing');
+    else this.opts.logger.warn({ paths, cause, err: errors[0] }, 'IMDS poll failed; will keep polling');
+    this.failure = { cause, reason: `IMDS notices cannot be read (${paths.join(', ') || 'IMDS'}): ${cause}` };
     try {
-      this.opts.onPollError?.(err);
+      this.opts.onPollError?.(errors[0]!);
     } catch (handlerErr) {
       this.opts.logger.error({ err: handlerErr }, 'poll error handler failed');
     }
   }
 
   private pollSucceeded(): void {
-    if (this.failing) this.opts.logger.info('IMDS poll recovered');
-    this.failing = false;
+    if (this.failure) this.opts.logger.info({ was: this.failure.cause }, 'IMDS poll recovered');
+    this.failure = undefined;
     this.lastSuccess = this.now();
   }
 
-  /** Reads every item at once, so one slow item does not delay the others. */
-  private async scan(): Promise<{ notices: Notice[]; errors: Error[] }> {
-    const readers = [this.spotNotices(), this.asgNotices(), this.maintenanceNotices()];
-    if (this.opts.drainOnRebalance) readers.push(this.rebalanceNotices());
-    const results = await Promise.allSettled(readers);
-    const notices: Notice[] = [];
-    const errors: Error[] = [];
-    for (const result of results) {
-      if (result.status === 'fulfilled') notices.push(...result.value);
-      else errors.push(result.reason instanceof Error ? result.reason : new Error(String(result.reason)));
+  private noticesOf(path: string, body: string | undefined): Notice[] {
+    if (body === undefined) return [];
+    switch (path) {
+      case SPOT_PATH:
+        return this.spotNotices(body);
+      case ASG_PATH:
+        return this.asgNotices(body);
+      case MAINTENANCE_PATH:
+        return this.maintenanceNotices(body);
+      default:
+        return this.rebalanceNotices(body);
     }
-    return { notices, errors };
   }
 
-  private async spotNotices(): Promise<Notice[]> {
-    const action = await this.readJson(SPOT_PATH);
+  private spotNotices(body: string): Notice[] {
+    const action = this.parseJson(SPOT_PATH, body);
     if (!isRecord(action) || typeof action.action !== 'string') {
       if (action !== undefined) this.malformed(SPOT_PATH, 'no action');
       return [];
     }
     // An interruption is too important to skip for a bad time: act, with no deadline from the notice.
     const time = typeof action.time === 'string' ? Date.parse(action.time) : NaN;
-    return [
-      {
-        kind: 'spot-interruption',
-        key: `spot-interruption:${String(action.time)}`,
-        deadline: this.deadlineBefore(time),
-        detail: { action: action.action, time: action.time },
-      },
-    ];
+    const key = 'spot-interruption';
+    return [{ kind: key, key, deadline: this.deadlineBefore(key, time), sticky: true, detail: { action: action.action, time: action.time } }];
   }
 
-  private async asgNotices(): Promise<Notice[]> {
-    const state = await this.opts.imds.get(ASG_PATH);
-    // Other states (Pending, InService, Warmed:*) are no reason to leave.
-    if (state?.trim() !== 'Terminated') return [];
-    return [{ kind: 'asg-termination', key: 'asg-termination:Terminated', deadline: undefined, detail: { state: 'Terminated' } }];
+  private asgNotices(body: string): Notice[] {
+    const state = body.trim();
+    if (ENDING_STATES.has(state)) return [{ kind: 'asg-termination', key: 'asg-termination', deadline: undefined, sticky: true, detail: { state } }];
+    // No deadline in the item: the stop waits for the lifecycle hooks, if any.
+    if (STOPPING_STATES.has(state)) return [{ kind: 'asg-warm-pool', key: 'asg-warm-pool', deadline: undefined, sticky: false, detail: { state } }];
+    if (!KNOWN_STATES.has(state)) this.malformed(ASG_PATH, `unknown state ${JSON.stringify(state)}`);
+    return [];
   }
 
-  private async maintenanceNotices(): Promise<Notice[]> {
-    const events = await this.readJson(MAINTENANCE_PATH);
+  private maintenanceNotices(body: string): Notice[] {
+    const events = this.parseJson(MAINTENANCE_PATH, body);
     if (events === undefined) return [];
     if (!Array.isArray(events)) {
       this.malformed(MAINTENANCE_PATH, 'not an array');
@@ -196,44 +263,37 @@ export class NoticesWatcher {
       this.malformed(MAINTENANCE_PATH, 'an event without Code or EventId');
       return undefined;
     }
-    if (!DISRUPTIVE_MAINTENANCE.has(event.Code)) return undefined;
+    if (!MAINTENANCE_CODES.has(event.Code)) {
+      this.malformed(MAINTENANCE_PATH, `unknown event code ${event.Code}`);
+      return undefined;
+    }
     if (typeof event.State === 'string' && INACTIVE_MAINTENANCE_STATES.has(event.State)) return undefined;
-    // NotBefore looks like "21 Jan 2019 09:00:43 GMT", which Date.parse reads.
+    // NotBefore looks like "21 Jan 2019 09:00:43 GMT" (or "2 Jan…"), which Date.parse reads.
     const notBefore = typeof event.NotBefore === 'string' ? Date.parse(event.NotBefore) : NaN;
     if (Number.isNaN(notBefore)) {
       this.malformed(MAINTENANCE_PATH, `event ${event.EventId} has no readable NotBefore`);
       return undefined;
     }
-    if (this.now() < notBefore - this.opts.maintenanceLeadMs) return undefined;
-    return {
-      kind: 'scheduled-maintenance',
-      key: `scheduled-maintenance:${event.EventId}`,
-      deadline: this.deadlineBefore(notBefore),
-      detail: { ...event },
-    };
+    const now = this.now();
+    if (now < notBefore - this.opts.maintenanceLeadMs) return undefined;
+    const notAfter = typeof event.NotAfter === 'string' ? Date.parse(event.NotAfter) : NaN;
+    if (event.Code === WINDOWED_MAINTENANCE && now >= notAfter) return undefined;
+    const key = `scheduled-maintenance:${event.EventId}`;
+    return { kind: 'scheduled-maintenance', key, deadline: this.deadlineBefore(key, notBefore), sticky: false, detail: { ...event } };
   }
 
-  private async rebalanceNotices(): Promise<Notice[]> {
-    const recommendation = await this.readJson(REBALANCE_PATH);
-    if (recommendation === undefined) return [];
+  private rebalanceNotices(body: string): Notice[] {
+    const recommendation = this.parseJson(REBALANCE_PATH, body);
     if (!isRecord(recommendation) || typeof recommendation.noticeTime !== 'string') {
-      this.malformed(REBALANCE_PATH, 'no noticeTime');
+      if (recommendation !== undefined) this.malformed(REBALANCE_PATH, 'no noticeTime');
       return [];
     }
-    return [
-      {
-        kind: 'rebalance-recommendation',
-        key: `rebalance-recommendation:${recommendation.noticeTime}`,
-        deadline: undefined,
-        detail: { noticeTime: recommendation.noticeTime },
-      },
-    ];
+    const key = 'rebalance-recommendation';
+    return [{ kind: key, key, deadline: undefined, sticky: true, detail: { noticeTime: recommendation.noticeTime } }];
   }
 
-  /** The item's JSON, or `undefined` when it is absent or not JSON (logged). */
-  private async readJson(path: string): Promise<unknown> {
-    const body = await this.opts.imds.get(path);
-    if (body === undefined) return undefined;
+  /** The item's JSON, or `undefined` when it is not JSON (logged). */
+  private parseJson(path: string, body: string): unknown {
     try {
       return JSON.parse(body) as unknown;
     } catch {
@@ -251,14 +311,17 @@ export class NoticesWatcher {
   }
 
   /**
-   * `time` less the margin. A notice seen too late for the margin gets until `time` itself, and one seen
-   * after its time a short grace: a deadline of "now" would abort the drain before its first call.
+   * `time` less the margin. A time seen too late for the margin gives until `time` itself, and one seen
+   * after it has come a short grace from when it was seen: a deadline of "now" would abort the drain
+   * before its first call.
    */
-  private deadlineBefore(time: number): Date | undefined {
+  private deadlineBefore(key: string, time: number): Date | undefined {
     if (Number.isNaN(time)) return undefined;
-    const now = this.now();
-    if (time - this.opts.deadlineMarginMs > now) return new Date(time - this.opts.deadlineMarginMs);
-    return new Date(Math.max(time, now + LATE_NOTICE_GRACE_MS));
+    const seen = this.timeSeen.get(key);
+    const seenAt = seen?.time === time ? seen.at : this.now();
+    this.timeSeen.set(key, { time, at: seenAt });
+    if (time - this.opts.deadlineMarginMs > seenAt) return new Date(time - this.opts.deadlineMarginMs);
+    return new Date(Math.max(time, seenAt + LATE_NOTICE_GRACE_MS));
   }
 }
 

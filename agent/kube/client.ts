@@ -20,6 +20,16 @@ export interface KubePod {
     annotations?: Record<string, string>;
   };
   spec: { terminationGracePeriodSeconds?: number; nodeName?: string };
+  /** What the kubelet says of the Pod: a graceful node shutdown writes its reason, message and a condition here. */
+  status?: { phase?: string; reason?: string; message?: string; conditions?: KubeCondition[] };
+}
+
+/** A status condition as the API writes it (a Node's Ready, a Pod's DisruptionTarget). */
+export interface KubeCondition {
+  type: string;
+  status: string;
+  reason?: string;
+  message?: string;
 }
 
 export interface KubeTaint {
@@ -37,6 +47,7 @@ export interface KubeNode {
     deletionTimestamp?: string;
   };
   spec: { taints?: KubeTaint[]; providerID?: string };
+  status?: { conditions?: KubeCondition[] };
 }
 
 /** Merge-patch semantics: a value sets, null removes, an absent key is left alone. */
@@ -292,6 +303,7 @@ type Raw = Record<string, unknown>;
 function toPod(raw: unknown, what: string): KubePod {
   const metadata = object(raw, 'metadata');
   const spec = object(raw, 'spec');
+  const status = object(raw, 'status');
   const name = metadata.name;
   const namespace = metadata.namespace;
   const uid = metadata.uid;
@@ -308,12 +320,19 @@ function toPod(raw: unknown, what: string): KubePod {
       ...optional('terminationGracePeriodSeconds', spec.terminationGracePeriodSeconds, isNumber),
       ...optional('nodeName', spec.nodeName, isString),
     },
+    ...present('status', {
+      ...optional('phase', status.phase, isString),
+      ...optional('reason', status.reason, isString),
+      ...optional('message', status.message, isString),
+      ...present('conditions', conditionsOf(status)),
+    }),
   };
 }
 
 function toNode(raw: unknown, what: string): KubeNode {
   const metadata = object(raw, 'metadata');
   const spec = object(raw, 'spec');
+  const status = object(raw, 'status');
   const name = metadata.name;
   const uid = metadata.uid;
   if (typeof name !== 'string' || typeof uid !== 'string') throw badObject(what);
@@ -329,7 +348,23 @@ function toNode(raw: unknown, what: string): KubeNode {
       ...optional('taints', spec.taints, isTaintList),
       ...optional('providerID', spec.providerID, isString),
     },
+    ...present('status', present('conditions', conditionsOf(status))),
   };
+}
+
+/** `{ [key]: value }` when value holds anything, else nothing: objects as the API would leave them out. */
+function present<K extends string, V extends object>(key: K, value: V): { [P in K]?: V } {
+  return Object.keys(value).length > 0 ? ({ [key]: value } as { [P in K]?: V }) : {};
+}
+
+/** The well-formed conditions of a status; a malformed one is left out rather than failing the read. */
+function conditionsOf(status: Raw): KubeCondition[] {
+  const list = Array.isArray(status.conditions) ? (status.conditions as unknown[]) : [];
+  return list.flatMap((item) => {
+    const c = (typeof item === 'object' && item !== null ? item : {}) as Raw;
+    if (!isString(c.type) || !isString(c.status)) return [];
+    return [{ type: c.type, status: c.status, ...optional('reason', c.reason, isString), ...optional('message', c.message, isString) }];
+  });
 }
 
 function toEndpoints(raw: unknown): KubeEndpoint[] {

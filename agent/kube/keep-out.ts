@@ -10,7 +10,16 @@ import type { KubeClient, KubeNode } from './client.ts';
 export const EXCLUDE_LABEL = 'node.kubernetes.io/exclude-from-external-load-balancers';
 export const MARK_ANNOTATION = 'hasta-la-vista.io/excluded-at';
 
-export type EventKind = 'DrainStarted' | 'DrainFinished' | 'DrainTimedOut' | 'DrainFailed' | 'ExclusionLifted' | 'ReRegistrationCaught' | 'RegisteredBack';
+export type EventKind =
+  | 'DrainStarted'
+  | 'DrainFinished'
+  | 'DrainTimedOut'
+  | 'DrainFailed'
+  | 'ExclusionLifted'
+  | 'ReRegistrationCaught'
+  | 'RegisteredBack'
+  | 'GivenBack'
+  | 'NotDraining';
 
 export class NodeKeeper {
   constructor(
@@ -35,14 +44,14 @@ export class NodeKeeper {
   }
 
   /**
-   * On a clean start: removes the label this agent set before, unless the Node itself says it is going
-   * away (`goingAway` gives the reason). Returns whether it did.
+   * When the node is given back: removes the label this agent set, unless `goingAway` (asked at the last
+   * moment) gives a reason to keep it. Returns whether it did.
    */
-  async liftOwnExclusion(goingAway: (node: KubeNode) => string | undefined): Promise<boolean> {
+  async liftOwnExclusion(goingAway: () => string | undefined, why: string): Promise<boolean> {
     const node = await this.kube.getNode(this.nodeName);
     const mark = node.metadata.annotations[MARK_ANNOTATION];
     if (mark === undefined) return false;
-    const reason = goingAway(node);
+    const reason = goingAway();
     if (reason) {
       this.logger.info({ node: this.nodeName, reason }, 'the exclusion stays: the node is going away');
       return false;
@@ -51,8 +60,8 @@ export class NodeKeeper {
       labels: node.metadata.labels[EXCLUDE_LABEL] === undefined ? {} : { [EXCLUDE_LABEL]: null },
       annotations: { [MARK_ANNOTATION]: null },
     });
-    this.logger.info({ node: this.nodeName, excludedAt: mark }, 'no termination evidence: lifted the exclusion this agent had set');
-    await this.event('ExclusionLifted', `No termination evidence on start: removed ${EXCLUDE_LABEL} set at ${mark}`, 'Normal', node);
+    this.logger.info({ node: this.nodeName, excludedAt: mark, why }, 'lifted the exclusion this agent had set');
+    await this.event('ExclusionLifted', `${why}: removed ${EXCLUDE_LABEL} set at ${mark}`, 'Normal', node);
     return true;
   }
 

@@ -14,18 +14,14 @@ import type { DrainStatus } from '../drain/status.ts';
 import type { KubeClient } from '../kube/client.ts';
 import { EXCLUDE_LABEL } from '../kube/keep-out.ts';
 import type { Logger } from '../log.ts';
+import { isTakenOut, loadBalancerOf, NodeAnnotationMemory, registerBack, takenOutBy, type TakenOut } from '../memory/taken-out.ts';
 
 export const SCOPED_OUT_ANNOTATION = 'hasta-la-vista.io/scoped-out';
-/** A drain status entry's own fields; the rest is the family's summary of the membership. */
-const STATUS_FIELDS = new Set(['family', 'state', 'reason', 'deregisteredAt', 'outAt']);
 
-/** One membership a scoped drain took out, as the drain status described it. */
-export interface Remembered {
+/** One membership a scoped drain took out, and for which Service. */
+export interface Remembered extends TakenOut {
   /** namespace/name */
   readonly service: string;
-  readonly family: string;
-  readonly summary: Readonly<Record<string, unknown>>;
-  readonly since: string;
 }
 
 export interface LocalServicesOptions {
@@ -46,21 +42,16 @@ export class LocalServices {
   private timer: NodeJS.Timeout | undefined;
   private polling = false;
   private stopped = false;
+  private readonly memory: NodeAnnotationMemory<Remembered>;
 
-  constructor(private readonly options: LocalServicesOptions) {}
+  constructor(private readonly options: LocalServicesOptions) {
+    this.memory = new NodeAnnotationMemory(options.kube, options.nodeName, SCOPED_OUT_ANNOTATION, isRemembered, options.logger);
+  }
 
   /** Reads what an earlier run remembered, from the Node. */
   async load(): Promise<void> {
-    const node = await this.options.kube.getNode(this.options.nodeName);
-    const text = node.metadata.annotations[SCOPED_OUT_ANNOTATION];
-    if (text === undefined) return;
-    try {
-      const parsed = JSON.parse(text) as unknown;
-      this.remembered = Array.isArray(parsed) ? parsed.filter(isRemembered) : [];
-      this.options.logger.info({ remembered: this.remembered.length }, 'scoped deregistrations to put back, from the Node annotation');
-    } catch {
-      this.options.logger.warn({ annotation: SCOPED_OUT_ANNOTATION }, 'the Node annotation of scoped deregistrations is not JSON: ignoring it');
-    }
+    this.remembered = await this.memory.load();
+    if (this.remembered.length > 0) this.options.logger.info({ remembered: this.remembered.length }, 'scoped deregistrations to put back, from the Node annotation');
   }
 
   /** Ready, non-terminating endpoints of the Service on this node, but for the pod `except`. */
@@ -71,17 +62,13 @@ export class LocalServices {
 
   /** Remembers what a scoped drain of this node took out, to put it back later. */
   async remember(service: string, status: DrainStatus): Promise<void> {
-    const taken = status.loadBalancers.filter((lb) => lb.deregisteredAt !== undefined);
+    const taken = takenOutBy(status);
     if (taken.length === 0) return;
-    const since = new Date().toISOString();
-    for (const lb of taken) {
-      const family = lb.family;
-      const summary = Object.fromEntries(Object.entries(lb).filter(([key]) => !STATUS_FIELDS.has(key)));
-      const id = summaryId(summary);
-      this.remembered = this.remembered.filter((entry) => !(entry.service === service && entry.family === family && summaryId(entry.summary) === id));
-      this.remembered.push({ service, family, summary, since });
+    for (const entry of taken) {
+      this.remembered = this.remembered.filter((old) => !(old.service === service && old.family === entry.family && loadBalancerOf(old) === loadBalancerOf(entry)));
+      this.remembered.push({ ...entry, service });
     }
-    await this.persist();
+    await this.memory.save(this.remembered);
     this.start();
   }
 
@@ -132,37 +119,24 @@ export class LocalServices {
     const instance = await this.options.instance();
     const ctx: CallContext = { signal: AbortSignal.timeout(this.options.pollIntervalMs * 5) };
     for (const entry of this.remembered.filter((candidate) => candidate.service === service)) {
-      const family = this.options.families.find((candidate) => candidate.name === entry.family);
-      const membership = family?.fromSummary(entry.summary, instance);
-      if (family && membership) {
-        try {
-          await family.register(membership, ctx);
-        } catch (error) {
-          this.options.logger.warn({ err: error, service, loadBalancer: membership.id }, 'could not register back; trying again');
-          continue;
+      const loadBalancer = loadBalancerOf(entry);
+      try {
+        if ((await registerBack(entry, this.options.families, instance, ctx)) === 'registered') {
+          this.options.logger.info({ service, family: entry.family, loadBalancer, instanceId: instance.id }, 'a local endpoint is ready again: registered back');
+          this.options.onRegistered(entry);
+        } else {
+          this.options.logger.warn({ entry }, 'nothing of this remembered deregistration is still this instance (or it is malformed): forgetting it');
         }
-        this.options.logger.info({ service, family: family.name, loadBalancer: membership.id, instanceId: instance.id }, 'a local endpoint is ready again: registered back');
-        this.options.onRegistered(entry);
-      } else {
-        this.options.logger.warn({ entry }, 'nothing of this remembered deregistration is still this instance (or it is malformed): forgetting it');
+      } catch (error) {
+        this.options.logger.warn({ err: error, service, loadBalancer }, 'could not register back; trying again');
+        continue;
       }
       this.remembered = this.remembered.filter((candidate) => candidate !== entry);
     }
-    await this.persist();
+    await this.memory.save(this.remembered);
   }
-
-  private async persist(): Promise<void> {
-    await this.options.kube.patchNode(this.options.nodeName, {
-      annotations: { [SCOPED_OUT_ANNOTATION]: this.remembered.length > 0 ? JSON.stringify(this.remembered) : null },
-    });
-  }
-}
-
-function summaryId(summary: Readonly<Record<string, unknown>>): string {
-  return String(summary.arn ?? summary.name);
 }
 
 function isRemembered(value: unknown): value is Remembered {
-  const entry = value as Partial<Remembered> | null;
-  return typeof entry?.service === 'string' && typeof entry.family === 'string' && typeof entry.summary === 'object' && entry.summary !== null;
+  return isTakenOut(value) && typeof (value as Partial<Remembered>).service === 'string';
 }

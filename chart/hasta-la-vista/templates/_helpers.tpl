@@ -140,12 +140,27 @@ blanket toleration would otherwise let the DaemonSet onto Fargate's virtual node
 {{- toYaml $affinity }}
 {{- end }}
 
+{{/*
+The lifecycle hook the agent holds and completes: only one the user created for it. The agent refuses
+the same names (agent/config.ts); saying so here fails the install instead of crash-looping the pods.
+*/}}
+{{- define "hlv.asgLifecycleHook" -}}
+{{- $hook := .Values.config.asgLifecycleHook | default "" }}
+{{- if eq (lower $hook) "auto" }}
+{{- fail (printf "config.asgLifecycleHook=%s is no longer accepted: it took the group's first termination hook, which on EKS managed node groups is EKS's own Terminate-LC-Hook, and completing it cuts EKS's PodDisruptionBudget-respecting eviction of the pods short; set the name of a termination hook you created for this agent, or leave it empty to hold none" $hook) }}
+{{- end }}
+{{- if eq $hook "Terminate-LC-Hook" }}
+{{- fail "config.asgLifecycleHook=Terminate-LC-Hook is the termination hook EKS puts on its managed node groups, and completing it cuts EKS's PodDisruptionBudget-respecting eviction of the pods short; set the name of a termination hook you created for this agent, or leave it empty to hold none" }}
+{{- end }}
+{{- $hook }}
+{{- end }}
+
 {{/* Environment variables the chart sets; extraEnv may not repeat them (the later one would silently win). */}}
 {{- define "hlv.managedEnv" -}}
 {{- list "SECRET" "AWS_REGION" "LOGLEVEL" "CLUSTERNAME" "VPCID" "CLOUDPROVIDER" "PORT" "POLL_INTERVAL"
     "DRAIN_TIMEOUT" "DRY_RUN" "SIGTERM_DRAIN" "DEADLINE_MARGIN" "MAINTENANCE_LEAD_TIME" "REBALANCE_DRAIN"
     "EXCLUDE_NODE" "RECHECK_INTERVAL" "MAX_CONCURRENT_DRAINS" "TERMINATION_GRACE_PERIOD" "ASG_LIFECYCLE_HOOK" "LOCAL_SERVICE_DRAIN" "INVENTORY_REFRESH"
-    "NODE_NAME" "POD_NAME" "POD_NAMESPACE" | toJson }}
+    "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "HOST_IP" | toJson }}
 {{- end }}
 
 {{/*
