@@ -253,8 +253,8 @@ describe('IMDS faults around a notice', () => {
       () => void (rig.imds.fault = 'hang'),
       () => void (rig.imds.fault = 'none'),
       {},
-      // Longer than one poll's three timed-out attempts (3 x 1.5 s), so a failed poll is logged.
-      5_500,
+      // Longer than one poll's three timed-out attempts (3 x the 3 s default timeout), so a failed poll is logged.
+      10_000,
     );
     assert.match(causes, /no answer within|did not answer/, 'the log gives the cause');
   });

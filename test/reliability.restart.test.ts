@@ -115,7 +115,7 @@ describe('concurrent triggers', () => {
     assert.equal(answer.status, 202);
     const accepted = (await answer.json()) as DrainStatus;
     assert.equal(accepted.state, 'draining');
-    await eventually(() => agent.logs().some((line) => /termination notice/.test(String(line.msg))), 5_000, 'the notice seen');
+    await eventually(() => agent.logs().some((line) => /the node is going away/.test(String(line.msg))), 5_000, 'the notice seen');
     agent.child.kill('SIGTERM');
 
     const exit = await exitWithin(agent, 20_000);
