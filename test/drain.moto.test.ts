@@ -181,8 +181,11 @@ describe('interrupted', () => {
     let stdout = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    // Once a target group's deregistration is under way (and hangs), interrupt.
-    for (let i = 0; i < 100 && proxy.count('DeregisterTargets') === 0; i++) await sleep(100);
+    // Once discovery is over (both in-scope target groups' deregistrations under way, and hanging; both
+    // classic ones asked), interrupt: what is not yet out is then known, not still being listed.
+    const underWay = () => proxy.count('DeregisterTargets') >= 2 && proxy.count('DeregisterInstancesFromLoadBalancer') >= 2;
+    for (let i = 0; i < 100 && !underWay(); i++) await sleep(100);
+    assert.ok(underWay(), 'the drain reached every in-scope load balancer');
     child.kill('SIGINT');
     assert.equal(await exited, 130);
     const status = JSON.parse(stdout) as DrainStatus;
