@@ -21,7 +21,7 @@ import { ExitCode } from './exit-codes.ts';
 import { createApiServer, NotReadyError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
 import type { ImdsClient, InstanceIdentity } from './imds/client.ts';
 import { NoticesWatcher } from './imds/notices.ts';
-import { fromNode, fromNotice } from './decision/evidence.ts';
+import { fromNode, fromNotice, NODE_DELETED } from './decision/evidence.ts';
 import { NodeFate, type VerdictChange } from './decision/node-fate.ts';
 import { decideOnSigterm } from './decision/sigterm.ts';
 import { NodeAnnotationMemory, isTakenOut } from './memory/taken-out.ts';
@@ -29,6 +29,7 @@ import { TAKEN_OUT_ANNOTATION, WholeNodeMemory } from './memory/whole-node.ts';
 import { createKubeClient, type KubeClient } from './kube/client.ts';
 import { loadKubeAccess } from './kube/config.ts';
 import { NodeKeeper } from './kube/keep-out.ts';
+import { NodeWatch } from './kube/node-watch.ts';
 import type { Logger } from './log.ts';
 import { Metrics } from './metrics.ts';
 import { imdsFor, resolvePlacement, type Resolved } from './placement.ts';
@@ -51,6 +52,8 @@ interface Running {
   readonly services: LocalServices | undefined;
   /** What drains of the whole node took out, to give back. */
   readonly takenOut: WholeNodeMemory;
+  /** With NODE_NAME and Kubernetes access: the Node's changes, as they happen. */
+  readonly nodeWatch: NodeWatch | undefined;
 }
 
 export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
@@ -150,9 +153,20 @@ class Agent implements AgentApi {
     const services = this.localServices(provider.families, self);
     const store = this.kube && this.config.nodeName ? new NodeAnnotationMemory(this.kube, this.config.nodeName, TAKEN_OUT_ANNOTATION, isTakenOut, this.logger) : undefined;
     const takenOut = new WholeNodeMemory(store, provider.families, this.logger.child({ component: 'give-back' }));
+    const { kube } = this;
+    const nodeName = this.config.nodeName;
+    const nodeWatch =
+      kube && nodeName
+        ? new NodeWatch({
+            kube,
+            nodeName,
+            onNode: (seen) => this.fate.report('node', seen.kind === 'gone' ? [NODE_DELETED] : fromNode(seen.node)),
+            logger: this.logger.child({ component: 'node-watch' }),
+          })
+        : undefined;
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
     if (this.stop.signal.aborted) return resolved.clients.destroy();
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
     if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
 
@@ -168,7 +182,8 @@ class Agent implements AgentApi {
     services?.start();
     this.fate.onChange((change) => this.follow(change));
     watcher.start();
-    this.logger.info({ instanceId: self.instanceId }, 'ready: watching IMDS for notices');
+    nodeWatch?.start();
+    this.logger.info({ instanceId: self.instanceId, watchingNode: nodeWatch !== undefined }, 'ready: watching IMDS for notices');
   }
 
 
@@ -480,7 +495,7 @@ class Agent implements AgentApi {
 
     const running = this.running;
     if (running) {
-      await running.watcher.stop();
+      await Promise.all([running.watcher.stop(), running.nodeWatch?.stop()]);
       await this.givingBack;
       const { kube, config } = this;
       const { nodeName, podName, podNamespace } = config;
@@ -494,7 +509,10 @@ class Agent implements AgentApi {
       });
       this.logger.info({ signal, drain: verdict.drain, reason: verdict.reason }, verdict.drain ? `${signal}: the node is going away, draining it` : `${signal}: not draining`);
       if (!verdict.drain && verdict.kubernetesReadable) this.track(this.keeper?.event('NotDraining', `${signal}: not draining: ${verdict.reason}`, 'Normal'));
-      if (verdict.drain) {
+      // Out already (a notice or the Node watch drained it): a second drain would only cost AWS calls.
+      const out = this.wholeDrainStarted && this.wholeDrain?.status().state === 'deregistered';
+      if (verdict.drain && out) this.logger.info({ instanceId: running.self.instanceId }, `${signal}: this node is out of its load balancers already`);
+      if (verdict.drain && !out) {
         try {
           const handle = await this.drainSelf('sigterm', new Date(graceEnds), ALL);
           // Just after the drain's own deadline, which then reports timed_out itself.

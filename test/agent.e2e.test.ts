@@ -356,6 +356,77 @@ describe('SIGTERM', () => {
   });
 });
 
+describe('the Node, watched while the agent runs', () => {
+  test('the kubelet\'s "node is shutting down" appearing: drained at once, before any SIGTERM; the SIGTERM then exits 0 without a second drain', async () => {
+    const agent = await startAgent({ TERMINATION_GRACE_PERIOD: '10' });
+    assert.equal(deregisterCalls().length, 0);
+    kube.setNode({ ...nodeNow(), status: { conditions: [{ type: 'Ready', status: 'False', reason: 'KubeletNotReady', message: 'node is shutting down' }] } });
+
+    const status = await statusBecomes(agent, world.node.id, 'deregistered');
+    assert.equal(status.trigger, 'node-shutdown');
+    await assertLeftExactly(selfInScope(world));
+    await eventually(() => nodeNow().metadata.labels[EXCLUDE_LABEL] === 'true', 5_000, 'node labelled');
+    assert.equal(agent.child.exitCode, null, 'no signal was needed');
+
+    agent.child.kill('SIGTERM');
+    assert.equal((await exitWithin(agent, 12_000)).code, 0, agent.stderr());
+    assert.equal(eventsOf('DrainStarted').length, 1, 'one drain');
+    await assertLeftExactly(selfInScope(world));
+  });
+});
+
+describe('passing signs give the node back while the agent runs', () => {
+  const maintenance = { NotBefore: imdsDate(Date.now() + 300_000), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0eeeeeeeeeeeeeeee', State: 'active' };
+  const untainted = () => ({ ...nodeNow(), spec: { ...nodeNow().spec, taints: [] } });
+  const roundTrips: { name: string; trigger: string; raise: () => void; pass: () => void }[] = [
+    {
+      name: 'a scheduled maintenance event, then canceled',
+      trigger: 'scheduled-maintenance',
+      raise: () => imds.set(MAINTENANCE, JSON.stringify([maintenance])),
+      pass: () => imds.set(MAINTENANCE, JSON.stringify([{ ...maintenance, State: 'canceled' }])),
+    },
+    {
+      name: 'a warm-pool instance about to stop (Warmed:Stopped), then InService again',
+      trigger: 'asg-warm-pool',
+      raise: () => imds.set(ASG, 'Warmed:Stopped'),
+      pass: () => imds.set(ASG, 'InService'),
+    },
+    {
+      name: 'Karpenter\'s disrupted taint, then taken off (the disruption given up)',
+      trigger: 'node-removal',
+      raise: () => kube.setNode({ ...nodeNow(), spec: { ...nodeNow().spec, taints: [{ key: 'karpenter.sh/disrupted', effect: 'NoSchedule' }] } }),
+      pass: () => kube.setNode(untainted()),
+    },
+  ];
+
+  for (const trip of roundTrips) {
+    test(`${trip.name}: out, then registered again on the same ports, label gone, GivenBack`, async () => {
+      const agent = await startAgent();
+      trip.raise();
+      const status = await statusBecomes(agent, world.node.id, 'deregistered');
+      assert.equal(status.trigger, trip.trigger);
+      await assertLeftExactly(selfInScope(world));
+      await eventually(() => nodeNow().metadata.labels[EXCLUDE_LABEL] === 'true', 5_000, 'node labelled');
+      await eventually(() => nodeNow().metadata.annotations['hasta-la-vista.io/taken-out'] !== undefined, 5_000, 'what was taken out is remembered on the Node');
+
+      trip.pass();
+      // Exactly as before: every load balancer, port and address the drain took it out of.
+      await eventually(async () => (await registrations(moto.url, world)).size === initial.size, 15_000, 'registered back');
+      await assertLeftExactly([]);
+      await eventually(() => nodeNow().metadata.labels[EXCLUDE_LABEL] === undefined, 5_000, 'label removed');
+      assert.equal(nodeNow().metadata.annotations[MARK], undefined);
+      await eventually(() => eventsOf('GivenBack').length === 1, 5_000, 'GivenBack event');
+      assert.equal(nodeNow().metadata.annotations['hasta-la-vista.io/taken-out'], undefined, 'nothing left to give back');
+      const text = await metrics(agent);
+      assert.equal(metricSample(text, 'hasta_la_vista_given_back_total', { family: 'target-group' }), 2);
+      assert.equal(metricSample(text, 'hasta_la_vista_given_back_total', { family: 'classic' }), 2);
+      // Given back for good: the re-check does not take it out again.
+      await sleep(2_500);
+      await assertLeftExactly([]);
+    });
+  }
+});
+
 describe('IMDS trouble', () => {
   async function catchesNextSpotNotice(agent: AgentProcess): Promise<void> {
     const health = await agent.fetch('/healthz');

@@ -248,11 +248,11 @@ describe('chart: default values', () => {
     assert.ok(!JSON.stringify(daemonSet).includes(value), 'the secret value appears in the DaemonSet');
   });
 
-  it('grants exactly: get pods; get, patch nodes; create events', () => {
+  it('grants exactly: get pods; get, watch, patch nodes; create events', () => {
     const role = only(objects, 'ClusterRole');
     assert.deepEqual(role.rules, [
       { apiGroups: [''], resources: ['pods'], verbs: ['get'] },
-      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'patch'] },
+      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'watch', 'patch'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create'] },
     ]);
     const binding = only(objects, 'ClusterRoleBinding');

@@ -229,7 +229,8 @@ describe('KubeClient against the fake API server', () => {
   it('defaults missing labels and annotations to empty maps', async () => {
     fake.setNode({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'bare', uid: 'u' }, spec: {} });
     const node = await client.getNode('bare');
-    assert.deepEqual(node, { metadata: { name: 'bare', uid: 'u', labels: {}, annotations: {} }, spec: {} });
+    // The version the server stamped: where a watch of the Node starts.
+    assert.deepEqual(node, { metadata: { name: 'bare', uid: 'u', labels: {}, annotations: {}, resourceVersion: fake.node('bare')!.metadata.resourceVersion }, spec: {} });
   });
 
   it('merge-patches node labels and annotations: a value adds, null removes', async () => {

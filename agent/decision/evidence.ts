@@ -36,12 +36,13 @@ export function fromNotice(notice: Notice): Evidence {
   };
 }
 
+/** The Node deleted from the API: being deleted (a finalizer holds it) or gone already. */
+export const NODE_DELETED: Evidence = { key: 'node:deleted', trigger: 'node-removal', reason: 'the Node is being deleted', deadline: undefined, sticky: true };
+
 /** Every sign the Node gives: being deleted, an autoscaler's taint, the kubelet shutting it down. */
 export function fromNode(node: KubeNode): Evidence[] {
   const found: Evidence[] = [];
-  if (node.metadata.deletionTimestamp) {
-    found.push({ key: 'node:deleted', trigger: 'node-removal', reason: 'the Node is being deleted', deadline: undefined, sticky: true });
-  }
+  if (node.metadata.deletionTimestamp) found.push(NODE_DELETED);
   for (const taint of node.spec.taints ?? []) {
     if (!(GOING_AWAY_TAINTS as readonly string[]).includes(taint.key)) continue;
     // An autoscaler that gives up on removing the node takes its taint off again: then the node stays.

@@ -45,6 +45,8 @@ export interface KubeNode {
     labels: Record<string, string>;
     annotations: Record<string, string>;
     deletionTimestamp?: string;
+    /** Where a watch of the Node starts from. */
+    resourceVersion?: string;
   };
   spec: { taints?: KubeTaint[]; providerID?: string };
   status?: { conditions?: KubeCondition[] };
@@ -76,17 +78,38 @@ export interface KubeEndpoint {
   podName?: string;
 }
 
+/** One change of a watched Node, as the API streams it. */
+export type NodeWatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; node: KubeNode } | { type: 'BOOKMARK'; resourceVersion: string };
+
+export interface NodeWatchRequest {
+  readonly resourceVersion: string;
+  readonly signal: AbortSignal;
+  /** The server accepted the watch (before any event: a quiet Node sends none for minutes). */
+  readonly onOpen: () => void;
+  readonly onEvent: (event: NodeWatchEvent) => void;
+}
+
 export interface KubeClient {
   getPod(namespace: string, name: string): Promise<KubePod>;
   /** Every endpoint of a Service, from all its EndpointSlices. */
   listServiceEndpoints(namespace: string, service: string): Promise<KubeEndpoint[]>;
   getNode(name: string): Promise<KubeNode>;
+  /**
+   * Streams the changes of one Node after `from.resourceVersion` until the server ends the watch (after
+   * a few minutes) or `signal` aborts; resolves with the last resourceVersion seen. A version the server
+   * no longer holds rejects with a KubeApiError of status 410 (`Expired`): read the Node again.
+   */
+  watchNode(name: string, watch: NodeWatchRequest): Promise<string>;
   patchNode(name: string, patch: NodeMetadataPatch): Promise<void>;
   createEvent(event: NodeEvent): Promise<void>;
   close(): Promise<void>;
 }
 
 export const DEFAULT_KUBE_TIMEOUT_MS = 5_000;
+/** How long the server keeps one watch open; the API server's own default is 30 to 60 minutes. */
+const WATCH_SECONDS = 300;
+/** With no byte for this long (bookmarks come about every minute), the connection is taken for dead. */
+const WATCH_SILENCE_MS = (WATCH_SECONDS + 30) * 1_000;
 const COMPONENT = 'hasta-la-vista';
 /** Events about cluster-scoped objects such as Nodes live in `default`, as kubelet's do. */
 const EVENT_NAMESPACE = 'default';
@@ -107,7 +130,7 @@ export class KubeApiError extends Error {
 
 /** What a call does, for error messages and RBAC hints. */
 interface Action {
-  verb: 'get' | 'patch' | 'create' | 'list';
+  verb: 'get' | 'patch' | 'create' | 'list' | 'watch';
   resource: 'pods' | 'nodes' | 'events' | 'endpointslices';
   /** The API group, "" for core. */
   group?: string;
@@ -131,10 +154,7 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
   const dispatcher = new Agent({ connect: { ...access.tls } });
 
   async function call(action: Action, { method, path, body, contentType }: Call): Promise<unknown> {
-    const headers: Record<string, string> = { accept: 'application/json', 'user-agent': COMPONENT };
-    const token = access.token?.();
-    if (token) headers.authorization = `Bearer ${token}`;
-    if (body !== undefined) headers['content-type'] = contentType ?? 'application/json';
+    const sent = { ...headers(), ...(body !== undefined ? { 'content-type': contentType ?? 'application/json' } : {}) };
 
     const signal = AbortSignal.timeout(timeoutMs);
     const started = performance.now();
@@ -144,7 +164,7 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
       const res = await request(access.server + path, {
         dispatcher,
         method,
-        headers,
+        headers: sent,
         body: body === undefined ? undefined : JSON.stringify(body),
         signal,
       });
@@ -208,8 +228,84 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
       );
     },
 
+    async watchNode(name, { resourceVersion, signal, onOpen, onEvent }) {
+      const action: Action = { verb: 'watch', resource: 'nodes', what: `node "${name}"` };
+      const query = new URLSearchParams({
+        fieldSelector: `metadata.name=${name}`,
+        watch: '1',
+        resourceVersion,
+        allowWatchBookmarks: 'true',
+        timeoutSeconds: String(WATCH_SECONDS),
+      });
+      const path = `/api/v1/nodes?${query.toString()}`;
+      const silent = new AbortController();
+      let silence = setTimeout(() => silent.abort(), WATCH_SILENCE_MS);
+      const aborted = AbortSignal.any([signal, silent.signal]);
+      let last = resourceVersion;
+      try {
+        const res = await request(access.server + path, { dispatcher, method: 'GET', headers: headers(), signal: aborted });
+        if (res.statusCode < 200 || res.statusCode >= 300) throw statusError(action, access.source, res.statusCode, await res.body.text());
+        onOpen();
+        // Decoded as a stream: a character split across two chunks stays whole.
+        res.body.setEncoding('utf8');
+        let buffered = '';
+        for await (const chunk of res.body) {
+          clearTimeout(silence);
+          silence = setTimeout(() => silent.abort(), WATCH_SILENCE_MS);
+          buffered += chunk as string;
+          let newline: number;
+          while ((newline = buffered.indexOf('\n')) >= 0) {
+            const line = buffered.slice(0, newline).trim();
+            buffered = buffered.slice(newline + 1);
+            if (!line) continue;
+            const event = toWatchEvent(line, action, access.source);
+            last = event.type === 'BOOKMARK' ? event.resourceVersion : (event.node.metadata.resourceVersion ?? last);
+            onEvent(event);
+          }
+        }
+        return last;
+      } catch (err) {
+        if (err instanceof KubeApiError) throw err;
+        // The caller's stop is not a failure; a silent connection is, as is any other transport error.
+        if (signal.aborted) return last;
+        throw transportError(action, access.server, WATCH_SILENCE_MS, silent.signal.aborted, err);
+      } finally {
+        clearTimeout(silence);
+      }
+    },
+
     close: () => dispatcher.close(),
   };
+
+  function headers(): Record<string, string> {
+    const token = access.token?.();
+    return { accept: 'application/json', 'user-agent': COMPONENT, ...(token ? { authorization: `Bearer ${token}` } : {}) };
+  }
+}
+
+/** One line of a watch stream: `{"type": …, "object": …}`; an ERROR carries a Status (410 when the version is gone). */
+function toWatchEvent(line: string, action: Action, source: string): NodeWatchEvent {
+  let raw: Raw;
+  try {
+    raw = JSON.parse(line) as Raw;
+  } catch {
+    throw new KubeApiError(`${action.verb} ${action.what}: the watch stream carried a line that is not JSON`, 200, 'BadResponse');
+  }
+  const type = raw.type;
+  if (type === 'ERROR') {
+    const status = object(raw, 'object');
+    const code = typeof status.code === 'number' ? status.code : 500;
+    throw statusError(action, source, code, JSON.stringify(status));
+  }
+  if (type === 'BOOKMARK') {
+    const version = object(object(raw, 'object'), 'metadata').resourceVersion;
+    if (!isString(version)) throw new KubeApiError(`${action.verb} ${action.what}: a watch bookmark without a resourceVersion`, 200, 'BadResponse');
+    return { type, resourceVersion: version };
+  }
+  if (type !== 'ADDED' && type !== 'MODIFIED' && type !== 'DELETED') {
+    throw new KubeApiError(`${action.verb} ${action.what}: the watch stream carried an event of unknown type ${String(type)}`, 200, 'BadResponse');
+  }
+  return { type, node: toNode(raw.object, action.what) };
 }
 
 /** A core/v1 Event; core/v1 (unlike events.k8s.io/v1) does not require eventTime or an action. */
@@ -343,6 +439,7 @@ function toNode(raw: unknown, what: string): KubeNode {
       labels: isStringMap(metadata.labels) ? metadata.labels : {},
       annotations: isStringMap(metadata.annotations) ? metadata.annotations : {},
       ...optional('deletionTimestamp', metadata.deletionTimestamp, isString),
+      ...optional('resourceVersion', metadata.resourceVersion, isString),
     },
     spec: {
       ...optional('taints', spec.taints, isTaintList),

@@ -2,7 +2,8 @@
  * A fake Kubernetes API server for the few calls the agent makes, faithful where the agent could
  * notice: bearer-token authentication (401), authorization (403, switchable per resource and verb),
  * Status objects shaped as the real API server's, JSON merge patches (RFC 7386) on nodes,
- * generateName on events, and a `down` switch that resets or hangs connections.
+ * generateName on events, watches of a node (from a resourceVersion, 410 once compacted away, bookmarks
+ * left out), and a `down` switch that resets or hangs connections.
  *
  * Checks run in the real server's order: authentication, then authorization, then the object.
  */
@@ -27,7 +28,19 @@ export interface RecordedPatch {
   body: KubeObject;
 }
 
-type Verb = 'get' | 'patch' | 'create' | 'list';
+type Verb = 'get' | 'patch' | 'create' | 'list' | 'watch';
+
+/** A change to a node, as a watch streams it. */
+interface NodeChange {
+  type: 'ADDED' | 'MODIFIED' | 'DELETED';
+  object: KubeObject;
+  resourceVersion: number;
+}
+
+interface NodeWatcher {
+  name: string;
+  res: ServerResponse;
+}
 type Resource = 'pods' | 'nodes' | 'events' | 'endpointslices';
 
 /** The identity the fake pretends a request's token belongs to, for 403 messages. */
@@ -46,6 +59,10 @@ export class FakeKube {
   private readonly endpointSlices = new Map<string, KubeObject>();
   private readonly forbidden = new Set<string>();
   private resourceVersion = 1;
+  private readonly nodeChanges: NodeChange[] = [];
+  /** Versions up to this one are compacted away: a watch from one of them is answered 410 Expired. */
+  private compactedThrough = 0;
+  private readonly watchers = new Set<NodeWatcher>();
 
   constructor(
     private readonly server: Server,
@@ -66,11 +83,32 @@ export class FakeKube {
 
   setNode(node: KubeObject): void {
     const stored = this.stamp(node);
+    const type = this.nodes.has(stored.metadata.name) ? 'MODIFIED' : 'ADDED';
     this.nodes.set(stored.metadata.name, stored);
+    this.nodeChanged(type, stored);
   }
 
   deleteNode(name: string): void {
+    const stored = this.nodes.get(name);
     this.nodes.delete(name);
+    if (stored) this.nodeChanged('DELETED', { ...stored, metadata: { ...stored.metadata, resourceVersion: String(++this.resourceVersion) } });
+  }
+
+  /** Forget the history so far, as etcd compaction does: watches from an older version get 410 Expired. */
+  compact(): void {
+    this.compactedThrough = this.resourceVersion;
+    this.nodeChanges.length = 0;
+  }
+
+  /** Ends every open watch, as the server does when a watch's timeout passes or it restarts. */
+  endWatches(): void {
+    for (const watcher of this.watchers) watcher.res.end();
+    this.watchers.clear();
+  }
+
+  /** Watches open now. */
+  openWatches(): number {
+    return this.watchers.size;
   }
 
   /** Adds or replaces an EndpointSlice (discovery.k8s.io/v1), keyed by namespace and name. */
@@ -93,6 +131,11 @@ export class FakeKube {
     this.forbidden.add(verb ? `${verb} ${resource}` : `* ${resource}`);
   }
 
+  /** Takes back a forbid(). */
+  allow(resource: Resource, verb?: Verb): void {
+    this.forbidden.delete(verb ? `${verb} ${resource}` : `* ${resource}`);
+  }
+
   /** Writes a kubeconfig pointing at this server with its token; returns the path. */
   writeKubeconfig(path: string): string {
     const config = {
@@ -108,6 +151,7 @@ export class FakeKube {
   }
 
   async close(): Promise<void> {
+    this.endWatches();
     // Hung requests would otherwise keep close() waiting forever.
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -137,6 +181,8 @@ export class FakeKube {
     if (body === null) return send(res, 400, status(400, 'BadRequest', 'the request body is not valid JSON'));
 
     switch (route.verb) {
+      case 'watch':
+        return this.watchNode(res, url.searchParams);
       case 'list':
         return this.listEndpointSlices(res, route.namespace, url.searchParams.get('labelSelector') ?? '');
       case 'get':
@@ -146,6 +192,40 @@ export class FakeKube {
       case 'create':
         return this.createEvent(res, route.namespace, body ?? {});
     }
+  }
+
+  /** Only what the agent sends: one node by `fieldSelector=metadata.name=…`, from a resourceVersion. */
+  private watchNode(res: ServerResponse, query: URLSearchParams): void {
+    const name = /^metadata\.name=(.+)$/.exec(query.get('fieldSelector') ?? '')?.[1];
+    if (query.get('watch') !== '1' || !name) return send(res, 400, status(400, 'BadRequest', 'the fake watches one node: watch=1&fieldSelector=metadata.name=<name>'));
+    const from = Number(query.get('resourceVersion') ?? '0');
+    res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+    // As the API server does: the watch is open (headers sent) before any event.
+    res.flushHeaders();
+    const write = (type: string, object: KubeObject) => res.write(`${JSON.stringify({ type, object })}\n`);
+    if (from > 0 && from < this.compactedThrough) {
+      write('ERROR', status(410, 'Expired', `too old resource version: ${from} (${this.compactedThrough})`));
+      return void res.end();
+    }
+    if (from === 0) {
+      const current = this.nodes.get(name);
+      if (current) write('ADDED', current);
+    } else {
+      for (const change of this.nodeChanges) if (change.resourceVersion > from && change.object.metadata.name === name) write(change.type, change.object);
+    }
+    const watcher = { name, res };
+    this.watchers.add(watcher);
+    const timeout = setTimeout(() => res.end(), Number(query.get('timeoutSeconds') ?? '1800') * 1000);
+    res.once('close', () => {
+      clearTimeout(timeout);
+      this.watchers.delete(watcher);
+    });
+  }
+
+  private nodeChanged(type: NodeChange['type'], object: KubeObject): void {
+    const change = { type, object, resourceVersion: Number(object.metadata.resourceVersion) };
+    this.nodeChanges.push(change);
+    for (const watcher of this.watchers) if (watcher.name === object.metadata.name) watcher.res.write(`${JSON.stringify({ type, object })}\n`);
   }
 
   private get(res: ServerResponse, route: Route): void {
@@ -177,6 +257,7 @@ export class FakeKube {
     const patched = mergePatch(stored, body) as KubeObject;
     patched.metadata.resourceVersion = String(++this.resourceVersion);
     this.nodes.set(name, patched);
+    this.nodeChanged('MODIFIED', patched);
     send(res, 200, patched);
   }
 
@@ -322,6 +403,7 @@ function routeOf(method: string, path: string): Route | undefined {
     return { verb: 'list', resource: 'endpointslices', namespace: third, name: '' };
   }
   if (api !== 'api' || version !== 'v1') return undefined;
+  if (first === 'nodes' && segments.length === 3 && method === 'GET') return { verb: 'watch', resource: 'nodes', namespace: '', name: '' };
   if (first === 'nodes' && second && segments.length === 4) {
     if (method === 'GET') return { verb: 'get', resource: 'nodes', namespace: '', name: second };
     if (method === 'PATCH') return { verb: 'patch', resource: 'nodes', namespace: '', name: second };
