@@ -13,6 +13,7 @@ import { createAwsProvider } from './aws/provider.ts';
 import { describeConfig, type Config } from './config.ts';
 import type { DrainHandle } from './drain/drainer.ts';
 import { Drainer } from './drain/drainer.ts';
+import { instanceHoldsAddress } from './drain/addresses.ts';
 import { ALL, type LoadBalancerFamily, type Scope } from './drain/family.ts';
 import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
@@ -21,6 +22,7 @@ import { ExitCode } from './exit-codes.ts';
 import { createApiServer, NotReadyError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
 import type { ImdsClient, InstanceIdentity } from './imds/client.ts';
 import { NoticesWatcher } from './imds/notices.ts';
+import { OwnInstance } from './imds/own-instance.ts';
 import { fromNode, fromNotice, NODE_DELETED } from './decision/evidence.ts';
 import { NodeFate, type VerdictChange } from './decision/node-fate.ts';
 import { decideOnSigterm } from './decision/sigterm.ts';
@@ -39,6 +41,8 @@ import { LocalServices } from './services/local-services.ts';
 const START_ATTEMPTS = 12;
 /** Kept back from the pod's grace period, to close the server and exit before SIGKILL. */
 const EXIT_MARGIN_MS = 3_000;
+/** Pods' addresses come with the interfaces the VPC CNI attaches: read them again this often between drains. */
+const OWN_ADDRESSES_REFRESH_MS = 60_000;
 
 /** What exists once the agent has found out where it runs. */
 interface Running {
@@ -52,6 +56,8 @@ interface Running {
   readonly services: LocalServices | undefined;
   /** What drains of the whole node took out, to give back. */
   readonly takenOut: WholeNodeMemory;
+  /** This instance's addresses, from IMDS: a self-drain never waits for EC2. */
+  readonly own: OwnInstance;
   /** With NODE_NAME and Kubernetes access: the Node's changes, as they happen. */
   readonly nodeWatch: NodeWatch | undefined;
 }
@@ -68,8 +74,6 @@ class Agent implements AgentApi {
   private running: Running | undefined;
   private notReadyBecause = 'starting: finding the instance, VPC and cluster';
   private shuttingDown = false;
-  /** This instance as last looked up, for when AWS cannot be asked at the moment it matters. */
-  private lastKnownSelf: Instance | undefined;
   /** The one decision about this node: going away or not. */
   private readonly fate = new NodeFate();
   /** Keys of the notices active at the last report: each counted once while it lasts. */
@@ -153,6 +157,13 @@ class Agent implements AgentApi {
     const services = this.localServices(provider.families, self);
     const store = this.kube && this.config.nodeName ? new NodeAnnotationMemory(this.kube, this.config.nodeName, TAKEN_OUT_ANNOTATION, isTakenOut, this.logger) : undefined;
     const takenOut = new WholeNodeMemory(store, provider.families, this.logger.child({ component: 'give-back' }));
+    const own = new OwnInstance({
+      imds: this.imds,
+      instanceId: self.instanceId,
+      vpcId: resolved.placement.vpcId,
+      privateIp: self.privateIp,
+      logger: this.logger.child({ component: 'own-instance' }),
+    });
     const { kube } = this;
     const nodeName = this.config.nodeName;
     const nodeWatch =
@@ -166,15 +177,12 @@ class Agent implements AgentApi {
         : undefined;
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
     if (this.stop.signal.aborted) return resolved.clients.destroy();
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch, own };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
     if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
 
-    // Warm the fallback of ownInstance(); not needed to start.
-    this.lastKnownSelf = await drainer.find({ id: self.instanceId }, AbortSignal.timeout(10_000)).catch((error: unknown) => {
-      this.logger.warn({ err: error }, 'could not look up this instance yet; the drain will ask again');
-      return undefined;
-    });
+    await own.read();
+    own.refreshEvery(OWN_ADDRESSES_REFRESH_MS);
     if (this.stop.signal.aborted) return;
     await this.settleOnStart(watcher, takenOut);
     await services?.load().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the scoped deregistrations to put back'));
@@ -198,7 +206,7 @@ class Agent implements AgentApi {
       kube: this.kube,
       nodeName: this.config.nodeName,
       families,
-      instance: () => this.ownInstance(new Date(Date.now() + 10_000)),
+      instance: () => this.running!.own.read(),
       blockedBecause: () => (this.shuttingDown ? 'shutting down' : this.wholeDrainStarted ? 'this node was drained from every load balancer' : undefined),
       onRegistered: (entry) => {
         this.metrics.registeredBack.inc({ family: entry.family });
@@ -286,7 +294,7 @@ class Agent implements AgentApi {
     const labelled = this.keeper ? await this.keeper.liftOwnExclusion(() => (staying() ? undefined : 'a sign of going away came back'), `Given back (${why})`) : false;
     if (takenOut.pending().length === 0 && !labelled && !this.wholeDrainStarted) return;
     this.wholeDrainStarted = false;
-    const instance = await this.ownInstance(new Date(Date.now() + 30_000));
+    const instance = await this.running!.own.read();
     const { registered, left } = await takenOut.putBack(instance, staying);
     for (const entry of registered) this.metrics.givenBack.inc({ family: entry.family });
     const summary = `${registered.length} load balancer(s) registered again${left.length > 0 ? `, ${left.length} still out (see the log; tried again on the next start)` : ''}`;
@@ -299,10 +307,12 @@ class Agent implements AgentApi {
     const running = this.running;
     if (!running || this.shuttingDown) throw new NotReadyError(this.shuttingDown ? 'shutting down' : this.notReadyBecause);
     const deadline = new Date(Date.now() + (request.timeoutMs ?? this.config.drainTimeoutMs));
-    if (request.target === undefined || ('id' in request.target && request.target.id === running.self.instanceId)) {
+    const target = request.target;
+    // This instance, named by id or by one of its own addresses: no EC2 lookup.
+    if (target === undefined || ('id' in target ? target.id === running.self.instanceId : instanceHoldsAddress(running.own.last(), target.ip))) {
       return this.drainSelf('api', deadline, request.scope, request);
     }
-    const instance = await running.drainer.find(request.target, signal);
+    const instance = await running.drainer.find(target, signal);
     if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope, request);
     const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun });
     return request.asg ? this.heldByHook(instance, handle) : handle;
@@ -326,8 +336,8 @@ class Agent implements AgentApi {
    * drain, not counted as another ready endpoint.
    */
   private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, { asg = trigger === 'asg-termination', pod }: { asg?: boolean; pod?: string } = {}): Promise<DrainHandle> {
-    const { drainer, self, services } = this.running!;
-    const instance = await this.ownInstance(deadline);
+    const { drainer, self, services, own } = this.running!;
+    const instance = await own.read();
     if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services, pod);
     const whole = scope.kind === 'all' && !this.config.dryRun;
     const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun }, { own: true });
@@ -395,39 +405,6 @@ class Agent implements AgentApi {
     this.sideEffects.add(settled);
   }
 
-  /**
-   * This instance as AWS knows it now: pods' IPs (ip targets) come and go, so it is looked up per drain,
-   * retried for up to a third of the time left (throttling in a spot wave is likely).
-   */
-  private async ownInstance(deadline: Date): Promise<Instance> {
-    const { drainer, self, resolved } = this.running!;
-    // Whole milliseconds: AbortSignal.timeout() refuses fractions.
-    const giveUpAt = Date.now() + Math.round(Math.max(1_000, Math.min(15_000, (deadline.getTime() - Date.now()) / 3)));
-    for (let attempt = 0; ; attempt++) {
-      try {
-        this.lastKnownSelf = await drainer.find({ id: self.instanceId }, AbortSignal.timeout(Math.max(1, giveUpAt - Date.now())));
-        return this.lastKnownSelf;
-      } catch (error) {
-        if (Date.now() >= giveUpAt - 100) {
-          // The id still finds every instance target; ip targets need the addresses: the last ones seen, and IMDS's.
-          const known = this.lastKnownSelf;
-          this.logger.error({ err: error, lastKnown: known !== undefined }, 'could not look up this instance: draining by id and the last known addresses');
-          const privateIps = [...new Set([...(known?.privateIps ?? []), ...(self.privateIp ? [self.privateIp] : [])])];
-          return {
-            id: self.instanceId,
-            vpcId: resolved.placement.vpcId,
-            privateIps,
-            ipv4Prefixes: known?.ipv4Prefixes ?? [],
-            ipv6Addresses: known?.ipv6Addresses ?? [],
-            ipv6Prefixes: known?.ipv6Prefixes ?? [],
-            tags: known?.tags ?? {},
-          };
-        }
-        await backoff(attempt, AbortSignal.timeout(Math.max(1, giveUpAt - Date.now()))).catch(() => undefined);
-      }
-    }
-  }
-
   private async reportOutcome(status: DrainStatus): Promise<void> {
     const summary = `${status.state}: ${status.loadBalancers.filter((lb) => lb.state === 'out').length} of ${status.loadBalancers.length} load balancer(s) out${status.reason ? ` (${status.reason})` : ''}`;
     const kind = status.state === 'timed_out' ? 'DrainTimedOut' : status.state === 'failed' ? 'DrainFailed' : 'DrainFinished';
@@ -486,6 +463,7 @@ class Agent implements AgentApi {
     clearInterval(this.recheck);
     this.running?.services?.stop();
     this.running?.inventory.stop();
+    this.running?.own.stop();
     // A second signal means: stop now.
     const again = () => {
       this.logger.warn('second signal: abandoning running drains');

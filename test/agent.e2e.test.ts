@@ -17,7 +17,7 @@ import type { DrainStatus } from '../agent/drain/status.ts';
 import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
-import { awsClients, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
+import { awsClients, CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
@@ -149,7 +149,7 @@ beforeEach(async () => {
   world = await seedWorld(moto.url);
   initial = await registrations(moto.url, world);
   proxy.calls.length = 0;
-  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, availabilityZone: 'us-east-1a', vpcId: world.clusterVpc, privateIp: world.node.ip });
+  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, availabilityZone: 'us-east-1a', vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
   // An instance in an ASG shows its lifecycle state all along; only Terminated means going away.
   imds.set(ASG, 'InService');
   kube = await startFakeKube({ token: 'kube-e2e-token' });
@@ -353,6 +353,31 @@ describe('SIGTERM', () => {
     assert.equal(verdict?.drain, false);
     assert.match(String(verdict?.reason), /cannot tell a node shutdown from a pod restart/);
     assert.match(String(verdict?.reason), /Kubernetes/);
+  });
+});
+
+describe('a self-drain does not wait for EC2', () => {
+  test('with DescribeInstances throttled all along: a spot notice still takes the node out of everything, ip targets included, with no EC2 call', async () => {
+    const throttled = (call: { action: string }) => (call.action === 'DescribeInstances' ? { kind: 'error' as const, status: 400, code: 'RequestLimitExceeded', message: 'Request limit exceeded.' } : undefined);
+    proxy.addFault(throttled);
+    // CLUSTERNAME set: start-up needs no EC2 either.
+    const agent = await startAgent({ CLUSTERNAME: CLUSTER });
+    imds.set(SPOT, JSON.stringify({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z') }));
+    const status = await statusBecomes(agent, world.node.id, 'deregistered');
+    assert.deepEqual(summary(status), selfSummary(world));
+    await assertLeftExactly(selfInScope(world));
+    assert.equal(proxy.calls.filter((call) => call.action === 'DescribeInstances').length, 0, 'the addresses came from IMDS');
+  });
+
+  test('POST /drain?ip=<one of its own addresses> drains this node without asking EC2', async () => {
+    proxy.addFault((call) => (call.action === 'DescribeInstances' ? { kind: 'error', status: 400, code: 'RequestLimitExceeded', message: 'Request limit exceeded.' } : undefined));
+    const agent = await startAgent({ CLUSTERNAME: CLUSTER });
+    const answer = await agent.fetch(`/drain?ip=${world.node.secondaryIp}&wait=true`, { method: 'POST', headers: BEARER });
+    const status = (await json(answer)) as DrainStatus;
+    assert.equal(answer.status, 200, JSON.stringify(status));
+    assert.equal(status.instanceId, world.node.id);
+    await assertLeftExactly(selfInScope(world));
+    assert.equal(proxy.calls.filter((call) => call.action === 'DescribeInstances').length, 0);
   });
 });
 

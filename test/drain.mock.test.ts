@@ -76,7 +76,17 @@ const VPC = 'vpc-0cluster';
 const OTHER_VPC = 'vpc-0other';
 const CLUSTER_TAG = { [`kubernetes.io/cluster/${CLUSTER}`]: 'owned' };
 
-const NODE = { id: 'i-0node00000000000a', primary: '10.0.1.10', secondary: '10.0.1.11', prefix: '10.0.1.32/28', podIp: '10.0.1.37' };
+const NODE = {
+  id: 'i-0node00000000000a',
+  primary: '10.0.1.10',
+  secondary: '10.0.1.11',
+  prefix: '10.0.1.32/28',
+  podIp: '10.0.1.37',
+  // An IPv6 cluster: the interface's own address, and a delegated /80 whose addresses the pods get.
+  ipv6: '2600:1f18:4a3:6b00:8e2f:1c3a:9b0d:4e21',
+  ipv6Prefix: '2600:1f18:4a3:6b00:a1b2::/80',
+  podIpv6: '2600:1f18:4a3:6b00:a1b2::7',
+};
 const NEIGHBOUR = { id: 'i-0neighbour0000000b', primary: '10.0.1.20' };
 const FOREIGN = { id: 'i-0foreign000000000c', primary: '10.1.1.10' };
 
@@ -108,6 +118,8 @@ interface FakeEc2Instance {
   readonly primary: string;
   readonly secondaries: readonly string[];
   readonly prefixes: readonly string[];
+  readonly ipv6s?: readonly string[];
+  readonly ipv6Prefixes?: readonly string[];
 }
 
 interface FakeClassic {
@@ -158,7 +170,7 @@ function always(error: () => Error, which: (input: Answer) => boolean = () => tr
 
 class FakeAws {
   readonly instances: FakeEc2Instance[] = [
-    { id: NODE.id, vpcId: VPC, primary: NODE.primary, secondaries: [NODE.secondary], prefixes: [NODE.prefix] },
+    { id: NODE.id, vpcId: VPC, primary: NODE.primary, secondaries: [NODE.secondary], prefixes: [NODE.prefix], ipv6s: [NODE.ipv6], ipv6Prefixes: [NODE.ipv6Prefix] },
     { id: NEIGHBOUR.id, vpcId: VPC, primary: NEIGHBOUR.primary, secondaries: [], prefixes: [] },
     { id: FOREIGN.id, vpcId: OTHER_VPC, primary: FOREIGN.primary, secondaries: [], prefixes: [] },
   ];
@@ -411,6 +423,8 @@ function eniOf(instance: FakeEc2Instance): NetworkInterface {
       ...instance.secondaries.map((PrivateIpAddress) => ({ PrivateIpAddress, Primary: false })),
     ],
     Ipv4Prefixes: instance.prefixes.map((Ipv4Prefix) => ({ Ipv4Prefix })),
+    Ipv6Addresses: (instance.ipv6s ?? []).map((Ipv6Address) => ({ Ipv6Address })),
+    Ipv6Prefixes: (instance.ipv6Prefixes ?? []).map((Ipv6Prefix) => ({ Ipv6Prefix })),
     Attachment: { InstanceId: instance.id, Status: 'attached' },
   };
 }
@@ -421,7 +435,9 @@ function ec2Instance(instance: FakeEc2Instance): Answer {
     InstanceId: instance.id,
     VpcId: instance.vpcId,
     PrivateIpAddress: instance.primary,
-    NetworkInterfaces: [{ NetworkInterfaceId: eni.NetworkInterfaceId, PrivateIpAddresses: eni.PrivateIpAddresses, Ipv4Prefixes: eni.Ipv4Prefixes }],
+    NetworkInterfaces: [
+      { NetworkInterfaceId: eni.NetworkInterfaceId, PrivateIpAddresses: eni.PrivateIpAddresses, Ipv4Prefixes: eni.Ipv4Prefixes, Ipv6Addresses: eni.Ipv6Addresses, Ipv6Prefixes: eni.Ipv6Prefixes },
+    ],
     Tags: [{ Key: `kubernetes.io/cluster/${CLUSTER}`, Value: 'owned' }],
   };
 }
@@ -722,6 +738,40 @@ describe('ELBv2 membership: exactly the registered targets', () => {
       assert.equal(world.callsOf('elbv2:DescribeTargetHealth', forGroup(skipped)).length, 0, 'not even asked about');
       assert.ok(!final.loadBalancers.some((lb) => lb['arn'] === skipped));
     }
+  });
+});
+
+describe('IPv6 ip targets (an IPv6 cluster; moto cannot describe IPv6 interfaces)', () => {
+  it('deregisters the instance\'s IPv6 address and a pod address inside its delegated /80, whatever the spelling, and nothing else', async () => {
+    const world = new FakeAws();
+    const outside = '2600:1f18:4a3:6b00:a1b3::7'; // the next /80: another node's pods
+    const pods = world.addGroup('pods-v6', {
+      type: 'ip',
+      tags: CLUSTER_TAG,
+      targets: [
+        [NODE.ipv6.toUpperCase(), 8080], // hostNetwork pods, spelled in capitals
+        ['2600:1f18:04a3:6b00:a1b2:0000:0000:0007', 8080], // a pod in the prefix, spelled in full
+        [outside, 8080],
+        [NEIGHBOUR.primary, 8080],
+      ],
+    });
+
+    const final = await drain(mockedAgent(world));
+    assert.equal(final.state, 'deregistered');
+    assert.equal(lbOf(final, pods.arn).state, 'out');
+    const [call, ...more] = world.callsOf('elbv2:DeregisterTargets', forGroup(pods.arn));
+    assert.equal(more.length, 0, 'one call for the group');
+    // The ids exactly as the target group lists them, so AWS finds them.
+    assert.deepEqual(targetsOf(call!), [`${NODE.ipv6.toUpperCase()}:8080`, '2600:1f18:04a3:6b00:a1b2:0000:0000:0007:8080'].sort());
+    assert.deepEqual(world.group(pods.arn).targets.map((target) => target.Id).sort(), [NEIGHBOUR.primary, outside].sort(), 'other addresses stay registered');
+  });
+
+  it('finds the instance by an IPv6 address of a pod (POST /drain?ip=…)', async () => {
+    const world = new FakeAws();
+    world.addGroup('pods-v6', { type: 'ip', tags: CLUSTER_TAG, targets: [[NODE.podIpv6, 8080]] });
+    const agent = mockedAgent(world);
+    const found = await agent.drainer.find({ ip: NODE.podIpv6 }, AbortSignal.timeout(5_000));
+    assert.equal(found.id, NODE.id);
   });
 });
 

@@ -209,7 +209,7 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
       return { kind: 'respond', status: 200, body: inProgress(world.node.id) };
     });
     proxy.calls.length = 0;
-    imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip });
+    imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
     imds.set('meta-data/autoscaling/target-lifecycle-state', 'InService');
   });
   afterEach(async () => {

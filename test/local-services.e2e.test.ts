@@ -83,7 +83,7 @@ beforeEach(async () => {
   await aws.elb.send(new AddClassicTagsCommand({ LoadBalancerNames: [world.classic.tagged], Tags: [{ Key: 'kubernetes.io/service-name', Value: 'shop/web' }] }));
   await aws.elbv2.send(new AddTagsCommand({ ResourceArns: [world.groups.taggedIp], Tags: [{ Key: 'service.k8s.aws/stack', Value: 'shop/web' }] }));
   proxy.calls.length = 0;
-  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip });
+  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
   kube = await startFakeKube({ token: 'local-services-token' });
   kube.setNode(makeNode(NODE));
   kube.setPod(makePod('kube-system', 'hasta-la-vista-abcde', { nodeName: NODE }));

@@ -89,7 +89,7 @@ describe('hasta-la-vista drain against moto', () => {
     });
 
     test('--self drains the instance IMDS names', async () => {
-      const imds: FakeImds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip });
+      const imds: FakeImds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
       process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = imds.url;
       try {
         const { code, result } = await drain(['--self', '--dry-run']);

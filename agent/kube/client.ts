@@ -230,20 +230,14 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
 
     async watchNode(name, { resourceVersion, signal, onOpen, onEvent }) {
       const action: Action = { verb: 'watch', resource: 'nodes', what: `node "${name}"` };
-      const query = new URLSearchParams({
-        fieldSelector: `metadata.name=${name}`,
-        watch: '1',
-        resourceVersion,
-        allowWatchBookmarks: 'true',
-        timeoutSeconds: String(WATCH_SECONDS),
-      });
-      const path = `/api/v1/nodes?${query.toString()}`;
+      const query = new URLSearchParams({ fieldSelector: `metadata.name=${name}`, resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds: String(WATCH_SECONDS) });
+      const { method, path } = { method: 'GET', path: `/api/v1/nodes?watch=1&${query.toString()}` } as const;
       const silent = new AbortController();
       let silence = setTimeout(() => silent.abort(), WATCH_SILENCE_MS);
       const aborted = AbortSignal.any([signal, silent.signal]);
       let last = resourceVersion;
       try {
-        const res = await request(access.server + path, { dispatcher, method: 'GET', headers: headers(), signal: aborted });
+        const res = await request(access.server + path, { dispatcher, method, headers: headers(), signal: aborted });
         if (res.statusCode < 200 || res.statusCode >= 300) throw statusError(action, access.source, res.statusCode, await res.body.text());
         onOpen();
         // Decoded as a stream: a character split across two chunks stays whole.

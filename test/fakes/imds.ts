@@ -13,6 +13,8 @@ export interface FakeImdsOptions {
   mac?: string;
   vpcId?: string;
   privateIp?: string;
+  /** More private IPv4 addresses of the primary interface (the VPC CNI's, for pods), listed after `privateIp`. */
+  secondaryIps?: readonly string[];
   /** Instance metadata option `HttpTokens=required`: a GET without a token is refused with 401. Default true. */
   v1Disabled?: boolean;
   /** Token PUTs are never answered, as with hop limit 1 seen from a pod's network namespace. */
@@ -157,7 +159,7 @@ class FakeImdsServer implements FakeImds {
       'meta-data/local-ipv4': privateIp,
     };
     for (const [path, body] of Object.entries(identity)) this.set(path, body);
-    this.setInterface(mac, { vpcId: opts.vpcId ?? 'vpc-0a1b2c3d4e5f60718', localIpv4s: [privateIp] });
+    this.setInterface(mac, { vpcId: opts.vpcId ?? 'vpc-0a1b2c3d4e5f60718', localIpv4s: [privateIp, ...(opts.secondaryIps ?? [])] });
   }
 
   listen(): Promise<void> {

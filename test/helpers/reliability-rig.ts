@@ -77,6 +77,7 @@ export class Rig {
       availabilityZone: 'us-east-1a',
       vpcId: this.world.clusterVpc,
       privateIp: this.world.node.ip,
+      secondaryIps: [this.world.node.secondaryIp],
     });
     this.imds.set(ASG, 'InService');
   }
