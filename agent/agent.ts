@@ -19,7 +19,7 @@ import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
-import { createApiServer, NotReadyError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
+import { createApiServer, NotReadyError, RefusedRequestError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
 import type { ImdsClient, InstanceIdentity } from './imds/client.ts';
 import { NoticesWatcher } from './imds/notices.ts';
 import { OwnInstance } from './imds/own-instance.ts';
@@ -306,6 +306,12 @@ class Agent implements AgentApi {
   async drain(request: DrainRequest, signal: AbortSignal): Promise<DrainHandle> {
     const running = this.running;
     if (!running || this.shuttingDown) throw new NotReadyError(this.shuttingDown ? 'shutting down' : this.notReadyBecause);
+    if (request.asg && this.config.lifecycleHook.kind === 'off') {
+      // Holding nothing while the caller believes the instance is held would be worse than saying so.
+      throw new RefusedRequestError(
+        'asg=true asks to hold the instance with its Auto Scaling termination hook, but ASG_LIFECYCLE_HOOK names no hook: set it to the name of the hook this agent owns (chart value config.asgLifecycleHook), or leave out asg=true',
+      );
+    }
     const deadline = new Date(Date.now() + (request.timeoutMs ?? this.config.drainTimeoutMs));
     const target = request.target;
     // This instance, named by id or by one of its own addresses: no EC2 lookup.

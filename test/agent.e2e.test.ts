@@ -700,6 +700,49 @@ describe('keep-out', () => {
     assert.ok((metricSample(text, 'hasta_la_vista_reregistrations_caught_total') ?? 0) >= 1, text.split('\n').filter((l) => l.includes('reregistr')).join('\n'));
     assert.ok(eventsOf('ReRegistrationCaught').length >= 1, 'a Warning Event says the node was taken out again');
   });
+
+  test('a drain that times out while its targets still drain (deregistration delay): no second deregistration, no "re-registration caught"', async () => {
+    // moto forgets a target at once; real ELBv2 keeps it `draining` for the deregistration delay
+    // (300 s by default). The proxy answers DescribeTargetHealth so, for the targets deregistered.
+    const draining = new Map<string, { id: string; port: string }[]>();
+    proxy.addFault((call) => {
+      const group = call.params.get('TargetGroupArn') ?? '';
+      if (call.action === 'DeregisterTargets') {
+        draining.set(group, [{ id: call.params.get('Targets.member.1.Id')!, port: call.params.get('Targets.member.1.Port')! }]);
+        return undefined;
+      }
+      const targets = draining.get(group);
+      if (call.action !== 'DescribeTargetHealth' || !targets) return undefined;
+      const members = targets
+        .map(
+          ({ id, port }) =>
+            `<member><Target><Id>${id}</Id><Port>${port}</Port></Target><TargetHealth><State>draining</State><Reason>Target.DeregistrationInProgress</Reason><Description>Target deregistration is in progress</Description></TargetHealth></member>`,
+        )
+        .join('');
+      return {
+        kind: 'respond',
+        status: 200,
+        body: `<DescribeTargetHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"><DescribeTargetHealthResult><TargetHealthDescriptions>${members}</TargetHealthDescriptions></DescribeTargetHealthResult><ResponseMetadata><RequestId>drain</RequestId></ResponseMetadata></DescribeTargetHealthResponse>`,
+      };
+    });
+    const agent = await startAgent({ RECHECK_INTERVAL: '5' });
+    const answer = await agent.fetch('/drain?wait=true&timeout=3', { method: 'POST', headers: BEARER });
+    const status = (await json(answer)) as DrainStatus;
+    assert.equal(answer.status, 504, JSON.stringify(status));
+    assert.equal(status.state, 'timed_out');
+    for (const lb of status.loadBalancers) assert.equal(lb.state, lb.family === 'target-group' ? 'draining' : 'out', JSON.stringify(lb));
+    const deregistrations = () => proxy.count('DeregisterTargets');
+    assert.equal(deregistrations(), 2, 'one DeregisterTargets per target group');
+
+    // Two keep-out re-checks later: still draining is not "back", so nothing is deregistered again.
+    const checked = proxy.count('DescribeTargetHealth');
+    await eventually(() => proxy.count('DescribeTargetHealth') >= checked + 4, 15_000, 'two re-checks of both target groups');
+    assert.equal(deregistrations(), 2, 'no second DeregisterTargets');
+    const text = await metrics(agent);
+    assert.equal(metricSample(text, 'hasta_la_vista_reregistrations_caught_total') ?? 0, 0);
+    assert.deepEqual(eventsOf('ReRegistrationCaught'), []);
+    assert.equal(agent.logs().filter((line) => /registered again/.test(String(line.msg))).length, 0);
+  });
 });
 
 describe('heal on start', () => {

@@ -274,6 +274,13 @@ describe('the agent holds an Auto Scaling termination until the node is out (end
     imds.set('meta-data/autoscaling/target-lifecycle-state', 'Terminated');
     await eventually(() => off.logs().some((event) => event.msg === 'drain deregistered'), 15_000, 'the drain finished');
     assert.equal(all('DescribeLifecycleHooks').length + all('CompleteLifecycleAction').length, 0);
+
+    // Asked to hold an instance with no hook to hold it by: refused, saying what to set, nothing drained.
+    const deregistrationsBefore = proxy.calls.filter((call) => call.action.startsWith('Deregister')).length;
+    const refused = await off.fetch(`/drain?id=${world.neighbour.id}&asg=true&pw=${SECRET}`, { method: 'POST' });
+    assert.equal(refused.status, 400);
+    assert.match(((await refused.json()) as { error: string }).error, /asg=true .*ASG_LIFECYCLE_HOOK names no hook: set it to the name of the hook/);
+    assert.equal(proxy.calls.filter((call) => call.action.startsWith('Deregister')).length, deregistrationsBefore);
   });
 
   test("no hook named, a group holding only EKS's Terminate-LC-Hook: the drain runs, no lifecycle call at all", async () => {

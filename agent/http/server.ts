@@ -33,7 +33,7 @@ export type Readiness = { readonly ready: true } | { readonly ready: false; read
 export interface AgentApi {
   alive(): boolean;
   readiness(): Readiness;
-  /** Starts (or joins) a drain; throws InstanceNotFoundError, TooManyDrainsError, or NotReadyError. */
+  /** Starts (or joins) a drain; throws InstanceNotFoundError, TooManyDrainsError, NotReadyError or RefusedRequestError. */
   drain(request: DrainRequest, signal: AbortSignal): Promise<DrainHandle>;
   statusOf(instanceId: string): DrainStatus | undefined;
 }
@@ -43,6 +43,11 @@ export class NotReadyError extends Error {
     super(`the agent is not ready yet: ${reason}`);
     this.name = 'NotReadyError';
   }
+}
+
+/** A well-formed request this agent's configuration cannot carry out; the message says what to change. */
+export class RefusedRequestError extends Error {
+  override name = 'RefusedRequestError';
 }
 
 export interface ApiServerOptions {
@@ -293,6 +298,7 @@ async function drainRoute(res: ServerResponse, query: URLSearchParams, agent: Ag
   } catch (error) {
     if (error instanceof InstanceNotFoundError) throw new HttpError(404, `${error.message}: check the id or IP; an agent drains only instances of its own VPC`);
     if (error instanceof TooManyDrainsError) throw new HttpError(429, error.message, { 'retry-after': String(RETRY_AFTER_SECONDS) });
+    if (error instanceof RefusedRequestError) throw new HttpError(400, error.message);
     if (error instanceof NotReadyError) throw new HttpError(503, `${error.message}; try again in ${RETRY_AFTER_SECONDS} s`, { 'retry-after': String(RETRY_AFTER_SECONDS) });
     // What is left is AWS (or IMDS, for this node) failing to find the instance: throttling, permissions.
     throw new HttpError(502, `could not look up the instance: ${errorMessage(error)}; try again`);
