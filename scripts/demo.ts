@@ -26,7 +26,7 @@ say('starting moto (AWS emulator) and a fake instance metadata service');
 const moto = await startMoto();
 const world = await seedWorld(moto.url);
 const name = nameOf(world);
-const imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip });
+const imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
 say(`seeded cluster "${CLUSTER}": node ${world.node.id} (${world.node.ip}, secondary ${world.node.secondaryIp}) in ${world.clusterVpc}`);
 for (const entry of [...(await registrations(moto.url, world))].filter((e) => e.includes(world.node.id) || e.includes(world.node.secondaryIp)).sort()) {
   say(`  registered: ${name(entry)}`);

@@ -775,6 +775,63 @@ describe('IPv6 ip targets (an IPv6 cluster; moto cannot describe IPv6 interfaces
   });
 });
 
+describe('drains that run together share their AWS calls (a spot wave at the coordinator)', () => {
+  it('eight instances drained at once: one DescribeInstances finds them, one DeregisterTargets per target group and one DeregisterInstancesFromLoadBalancer per classic ELB carry them all, one describe confirms each; each drain has its own status', async () => {
+    const world = new FakeAws();
+    const wave = Array.from({ length: 8 }, (_, n) => ({ id: `i-0wave0000000000${n}`, vpcId: VPC, primary: `10.0.2.${10 + n}`, secondaries: [], prefixes: [] }));
+    world.instances.push(...wave);
+    const ports = world.addGroup('nodeports', { tags: CLUSTER_TAG, targets: [...wave.map((i): [string, number] => [i.id, 30080]), [NEIGHBOUR.id, 30080]] });
+    const pods = world.addGroup('pods', { type: 'ip', tags: CLUSTER_TAG, targets: [...wave.map((i): [string, number] => [i.primary, 8080]), [NEIGHBOUR.primary, 8080]] });
+    world.addClassic('clb-web', CLUSTER_TAG, [...wave.map((i) => i.id), NEIGHBOUR.id]);
+    const agent = mockedAgent(world);
+
+    const handles = await Promise.all(
+      wave.map(async (instance) => {
+        const found = await agent.drainer.find({ id: instance.id }, AbortSignal.timeout(5_000));
+        return agent.drainer.start(found, { trigger: 'api', scope: ALL, deadline: new Date(Date.now() + 20_000), dryRun: false });
+      }),
+    );
+    const finals = await Promise.all(handles.map((handle) => handle.done));
+
+    for (const [n, final] of finals.entries()) {
+      assert.equal(final.instanceId, wave[n]!.id);
+      assert.equal(final.state, 'deregistered', JSON.stringify(final));
+      assert.deepEqual(final.loadBalancers.map((lb) => lb.state), ['out', 'out', 'out']);
+      assert.deepEqual(lbOf(final, pods.arn)['targets'], [{ id: wave[n]!.primary, port: 8080 }], 'its own targets only');
+    }
+    assert.equal(world.callsOf('ec2:DescribeInstances').length, 1);
+    assert.deepEqual(targetsOf(world.callsOf('elbv2:DeregisterTargets', forGroup(ports.arn))[0]!), wave.map((i) => `${i.id}:30080`).sort());
+    assert.equal(world.callsOf('elbv2:DeregisterTargets', forGroup(ports.arn)).length, 1);
+    assert.equal(world.callsOf('elbv2:DeregisterTargets', forGroup(pods.arn)).length, 1);
+    const classic = world.callsOf('elb:DeregisterInstancesFromLoadBalancer');
+    assert.equal(classic.length, 1);
+    assert.equal((classic[0]!['Instances'] as unknown[]).length, 8);
+    // Discovery: one look at each group for all eight; out: one check of each for all eight.
+    assert.equal(world.callsOf('elbv2:DescribeTargetHealth', (input) => input['Targets'] === undefined).length, 2);
+    assert.equal(world.callsOf('elbv2:DescribeTargetHealth', isCheck).length, 2);
+    assert.equal(world.callsOf('elb:DescribeInstanceHealth').length, 1);
+    assert.deepEqual(world.group(ports.arn).targets.map((t) => t.Id), [NEIGHBOUR.id], 'the neighbour stays');
+  });
+
+  it('one instance of the batch no longer registered (InvalidTarget from an emulator): the others still leave, in a second call each', async () => {
+    const world = new FakeAws();
+    const group = world.addGroup('web', { tags: CLUSTER_TAG, targets: [[NODE.id, 30080], [NEIGHBOUR.id, 30080]] });
+    const agent = mockedAgent(world);
+    // The first, batched, call fails as moto does for a target it does not hold.
+    let failed = false;
+    world.fault('elbv2:DeregisterTargets', (input) => {
+      if (failed || (input['Targets'] as unknown[]).length < 2) return undefined;
+      failed = true;
+      return awsError('InvalidTarget', { message: 'The following targets are not registered in target group' });
+    });
+    const handles = await Promise.all([NODE.id, NEIGHBOUR.id].map(async (id) => agent.drainer.start(await agent.drainer.find({ id }, AbortSignal.timeout(5_000)), { trigger: 'api', scope: ALL, deadline: new Date(Date.now() + 20_000), dryRun: false })));
+    const finals = await Promise.all(handles.map((handle) => handle.done));
+    assert.deepEqual(finals.map((final) => final.state), ['deregistered', 'deregistered']);
+    assert.equal(failed, true);
+    assert.deepEqual(world.group(group.arn).targets, []);
+  });
+});
+
 describe('throttling', () => {
   it('Throttling on GetResources, DescribeTargetHealth, DeregisterTargets and the classic calls is retried until it succeeds', async () => {
     const world = new FakeAws();

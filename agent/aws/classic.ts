@@ -3,6 +3,9 @@
  * the instance or the load balancer. While connection draining runs, the instance stays InService
  * ("Instance deregistration currently in progress"): that is not out, whatever DescribeLoadBalancers
  * already lists.
+ *
+ * Drains running together share their calls (see coalescer.ts): one DeregisterInstancesFromLoadBalancer
+ * and one DescribeInstanceHealth per load balancer carry every drain's instance within the window.
  */
 import {
   RegisterInstancesWithLoadBalancerCommand,
@@ -10,8 +13,10 @@ import {
   DescribeLoadBalancersCommand,
   DeregisterInstancesFromLoadBalancerCommand,
   type ElasticLoadBalancingClient,
+  type InstanceState,
   type LoadBalancerDescription,
 } from '@aws-sdk/client-elastic-load-balancing';
+import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
 import { errorCode } from './errors.ts';
@@ -29,15 +34,53 @@ export interface ClassicMembership extends Membership {
 const GONE = new Set(['LoadBalancerNotFound', 'AccessPointNotFoundException', 'InvalidInstance', 'InvalidEndPointException']);
 /** DescribeLoadBalancers takes names in batches; one unknown name fails the whole batch. */
 const NAMES_PER_CALL = 20;
+/** AWS documents no per-call limit for the instance lists; calls of this size stay well within request limits. */
+const INSTANCES_PER_CALL = 100;
 
 export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   readonly name = 'classic';
+
+  private readonly deregistrations: Coalescer<string, never>;
+  private readonly health: Coalescer<string, InstanceState>;
+  private readonly descriptions: Coalescer<string, LoadBalancerDescription>;
 
   constructor(
     private readonly elb: ElasticLoadBalancingClient,
     private readonly inventory: InventorySource,
     private readonly logger: Logger,
-  ) {}
+    batchWindowMs = BATCH_WINDOW_MS,
+  ) {
+    const batched = <Answer>(maxItems: number, call: (name: string, items: string[], signal: AbortSignal) => Promise<Answer[]>) =>
+      new Coalescer<string, Answer>({ windowMs: batchWindowMs, maxItems, itemKey: (item) => item, call });
+    this.deregistrations = batched(INSTANCES_PER_CALL, async (name, instances, signal) => {
+      // One instance no longer registered fails the whole call: then each on its own, so the rest still leave.
+      await describeSurvivors(
+        instances,
+        async (batch) => {
+          await this.elb.send(new DeregisterInstancesFromLoadBalancerCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal });
+          return [];
+        },
+        (error) => GONE.has(errorCode(error) ?? ''),
+      );
+      return [];
+    });
+    this.health = batched(INSTANCES_PER_CALL, (name, instances, signal) =>
+      describeSurvivors(
+        instances,
+        async (batch) =>
+          (await this.elb.send(new DescribeInstanceHealthCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal }))
+            .InstanceStates ?? [],
+        (error) => errorCode(error) === 'InvalidInstance' || errorCode(error) === 'InvalidEndPointException',
+      ),
+    );
+    this.descriptions = batched(NAMES_PER_CALL, (_key, names, signal) =>
+      describeSurvivors(
+        names,
+        async (batch) => (await this.elb.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: batch }), { abortSignal: signal })).LoadBalancerDescriptions ?? [],
+        (error) => GONE.has(errorCode(error) ?? ''),
+      ),
+    );
+  }
 
   async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<ClassicMembership[]> {
     return fromKnownThenFresh(this.inventory, ctx, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
@@ -59,10 +102,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
 
   async deregister(membership: ClassicMembership, ctx: CallContext): Promise<void> {
     try {
-      await this.elb.send(
-        new DeregisterInstancesFromLoadBalancerCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
-        { abortSignal: ctx.signal },
-      );
+      await this.deregistrations.submit(membership.name, [membership.instanceId], ctx.signal);
     } catch (error) {
       if (!GONE.has(errorCode(error) ?? '')) throw error;
     }
@@ -71,11 +111,8 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   async isOut(membership: ClassicMembership, ctx: CallContext): Promise<OutCheck> {
     let health;
     try {
-      const answer = await this.elb.send(
-        new DescribeInstanceHealthCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
-        { abortSignal: ctx.signal },
-      );
-      health = answer.InstanceStates?.find((state) => state.InstanceId === membership.instanceId);
+      const states = await this.health.submit(membership.name, [membership.instanceId], ctx.signal);
+      health = states.find((state) => state.InstanceId === membership.instanceId);
     } catch (error) {
       if (GONE.has(errorCode(error) ?? '')) return { out: true };
       throw error;
@@ -102,12 +139,10 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     return (lb?.Instances ?? []).some((member) => member.InstanceId === membership.instanceId);
   }
 
-  private describe(names: string[], ctx: CallContext): Promise<LoadBalancerDescription[]> {
-    return describeSurvivors(
-      names,
-      async (batch) => (await this.elb.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: batch }), { abortSignal: ctx.signal })).LoadBalancerDescriptions ?? [],
-      (error) => GONE.has(errorCode(error) ?? ''),
-    );
+  /** The same names asked by drains running together: one call (the key is the batch of names). */
+  private async describe(names: string[], ctx: CallContext): Promise<LoadBalancerDescription[]> {
+    const described = await this.descriptions.submit([...names].sort().join(' '), names, ctx.signal);
+    return described.filter((lb) => names.includes(lb.LoadBalancerName!));
   }
 }
 

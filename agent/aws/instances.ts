@@ -11,6 +11,8 @@ import { InstanceNotFoundError, type Instance, type InstanceLookup, type Instanc
 import { errorCode } from './errors.ts';
 import { cidrContains, ipFamily } from '../drain/addresses.ts';
 import { tagsFromList } from './tags.ts';
+import { describeSurvivors } from './batches.ts';
+import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 
 /** The EC2 SDK's commands: loaded with the client (AwsClients.ec2), so by then this costs nothing more. */
 const ec2Sdk = () => import('./ec2-sdk.ts');
@@ -28,16 +30,39 @@ export async function describeInstance(ec2: () => Promise<EC2Client>, id: string
   }
 }
 
+/** DescribeInstances takes many ids; a few hundred keep the answer small. */
+const IDS_PER_CALL = 200;
+
 export class Ec2InstanceLookup implements InstanceLookup {
+  /** Lookups of a wave's instances that arrive together: one DescribeInstances for all of them. */
+  private readonly byId: Coalescer<string, Ec2Instance>;
+
   constructor(
     private readonly ec2: () => Promise<EC2Client>,
     private readonly vpcId: string,
-  ) {}
+    batchWindowMs = BATCH_WINDOW_MS,
+  ) {
+    this.byId = new Coalescer({
+      windowMs: batchWindowMs,
+      maxItems: IDS_PER_CALL,
+      itemKey: (id) => id,
+      call: async (_key, ids, signal) => {
+        const client = await this.ec2();
+        const { DescribeInstancesCommand } = await ec2Sdk();
+        // One unknown id fails the whole call: then one by one, so the others are still found.
+        return describeSurvivors(
+          ids,
+          async (batch) => ((await client.send(new DescribeInstancesCommand({ InstanceIds: batch }), { abortSignal: signal })).Reservations ?? []).flatMap((r) => r.Instances ?? []),
+          (error) => errorCode(error) === 'InvalidInstanceID.NotFound',
+        );
+      },
+    });
+  }
 
   async find(ref: InstanceRef, signal: AbortSignal): Promise<Instance> {
     const id = 'id' in ref ? ref.id : await this.instanceIdByIp(ref.ip, signal);
     if (id === undefined) throw new InstanceNotFoundError(ref, this.vpcId);
-    const instance = await describeInstance(this.ec2, id, signal);
+    const instance = (await this.byId.submit('ids', [id], signal)).find((candidate) => candidate.InstanceId === id);
     if (instance?.VpcId !== this.vpcId) throw new InstanceNotFoundError(ref, this.vpcId);
     return toInstance(instance, this.vpcId);
   }

@@ -4,6 +4,10 @@
  * id (type instance) or as any of its private addresses, delegated prefixes included (type ip); each
  * registered Target (id and port: one target on two ports is two targets) is deregistered exactly.
  * Out means DescribeTargetHealth no longer lists the target, or says "unused"; "draining" is not out.
+ *
+ * Drains running together share their calls (see coalescer.ts): one DescribeTargetHealth of a group
+ * answers every drain's discovery and "out yet?" within the window, and one DeregisterTargets carries
+ * every drain's targets of the group.
  */
 import {
   RegisterTargetsCommand,
@@ -12,9 +16,12 @@ import {
   type ElasticLoadBalancingV2Client,
   type TargetDescription,
   type TargetGroup,
+  type TargetHealthDescription,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
+import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
+import { describeSurvivors } from './batches.ts';
 import { errorCode } from './errors.ts';
 import { fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
 import type { Logger } from '../log.ts';
@@ -34,15 +41,45 @@ const TARGET_ABSENT = 'InvalidTarget';
  * finishing what it has) and `unused` are on their way out: the keep-out re-check must not count them.
  */
 const SERVING_STATES = new Set(['initial', 'healthy', 'unhealthy', 'unhealthy.draining', 'unavailable']);
+/** AWS documents no per-call limit for DeregisterTargets; calls of this size stay well within request limits. */
+const TARGETS_PER_CALL = 100;
 
 export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembership> {
   readonly name = 'target-group';
+
+  /** DescribeTargetHealth: of every target of a group (key `all <arn>`, no items), or of the given ones (key `some <arn>`). */
+  private readonly health: Coalescer<TargetDescription, TargetHealthDescription>;
+  private readonly deregistrations: Coalescer<TargetDescription, never>;
 
   constructor(
     private readonly elbv2: ElasticLoadBalancingV2Client,
     private readonly inventory: InventorySource,
     private readonly logger: Logger,
-  ) {}
+    batchWindowMs = BATCH_WINDOW_MS,
+  ) {
+    const describe = async (arn: string, targets: TargetDescription[] | undefined, signal: AbortSignal) =>
+      (await this.elbv2.send(new DescribeTargetHealthCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal })).TargetHealthDescriptions ?? [];
+    this.health = new Coalescer({
+      windowMs: batchWindowMs,
+      maxItems: TARGETS_PER_CALL,
+      itemKey: targetKey,
+      call: (key, targets, signal) => {
+        const [which, arn] = key.split(' ') as ['all' | 'some', string];
+        if (which === 'all') return describe(arn, undefined, signal);
+        // An emulator's InvalidTarget for one target no longer registered would fail the rest: then one by one (it is out).
+        return describeSurvivors(targets, (batch) => describe(arn, batch, signal), (error) => errorCode(error) === TARGET_ABSENT);
+      },
+    });
+    this.deregistrations = new Coalescer({
+      windowMs: batchWindowMs,
+      maxItems: TARGETS_PER_CALL,
+      itemKey: targetKey,
+      call: async (arn, targets, signal) => {
+        await this.deregisterEach(arn, targets, signal);
+        return [];
+      },
+    });
+  }
 
   async memberships(instance: Instance, scope: Scope, ctx: DiscoveryContext): Promise<TargetGroupMembership[]> {
     return fromKnownThenFresh(this.inventory, ctx, this.logger, (inventory) => this.membershipsIn(inventory, instance, scope, ctx));
@@ -62,26 +99,28 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
 
   async deregister(membership: TargetGroupMembership, ctx: CallContext): Promise<void> {
     try {
-      await this.elbv2.send(new DeregisterTargetsCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }), {
-        abortSignal: ctx.signal,
-      });
+      await this.deregistrations.submit(membership.arn, membership.targets, ctx.signal);
     } catch (error) {
-      const code = errorCode(error) ?? '';
-      if (!GONE.has(code) && code !== TARGET_ABSENT) throw error;
+      if (!GONE.has(errorCode(error) ?? '')) throw error;
+    }
+  }
+
+  /** One call for all; an emulator's InvalidTarget for one absent target would fail the rest, so then one by one. */
+  private async deregisterEach(arn: string, targets: TargetDescription[], signal: AbortSignal): Promise<void> {
+    try {
+      await this.elbv2.send(new DeregisterTargetsCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal });
+    } catch (error) {
+      if (errorCode(error) !== TARGET_ABSENT) throw error;
+      if (targets.length > 1) await Promise.all(targets.map((target) => this.deregisterEach(arn, [target], signal)));
     }
   }
 
   async isOut(membership: TargetGroupMembership, ctx: CallContext): Promise<OutCheck> {
     let descriptions;
     try {
-      const answer = await this.elbv2.send(
-        new DescribeTargetHealthCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }),
-        { abortSignal: ctx.signal },
-      );
-      descriptions = answer.TargetHealthDescriptions ?? [];
+      descriptions = await this.health.submit(`some ${membership.arn}`, membership.targets, ctx.signal);
     } catch (error) {
-      const code = errorCode(error) ?? '';
-      if (GONE.has(code) || code === TARGET_ABSENT) return { out: true };
+      if (GONE.has(errorCode(error) ?? '')) return { out: true };
       throw error;
     }
     const stillIn = descriptions.filter(
@@ -117,13 +156,13 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     const arn = group.TargetGroupArn!;
     let health;
     try {
-      health = await this.elbv2.send(new DescribeTargetHealthCommand({ TargetGroupArn: arn }), { abortSignal: ctx.signal });
+      health = await this.health.submit(`all ${arn}`, [], ctx.signal);
     } catch (error) {
       if (GONE.has(errorCode(error) ?? '')) return undefined;
       throw error;
     }
     const isInstance = (id: string): boolean => (group.TargetType === 'instance' ? id === instance.id : isThisInstance(id, instance) && id !== instance.id);
-    const mine = (health.TargetHealthDescriptions ?? []).filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id));
+    const mine = health.filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id));
     if (mine.length === 0) return undefined;
     const serving = mine.some((description) => SERVING_STATES.has(description.TargetHealth?.State ?? ''));
     return toMembership(arn, mine.map((description) => description.Target!), serving);
@@ -140,6 +179,10 @@ function groupsInScope({ loadBalancers, targetGroups, groups }: Inventory, vpcId
   return [...groups.values()].filter(
     (group) => group.VpcId === vpcId && (group.TargetType === 'instance' || group.TargetType === 'ip') && tagsOf(group).some((tags) => inScope(tags, scope)),
   );
+}
+
+function targetKey(target: TargetDescription): string {
+  return `${target.Id}:${target.Port ?? ''}`;
 }
 
 /** A target id that names the instance: its id, any address of it, or one inside its prefixes. */
