@@ -11,12 +11,14 @@ import { drainHeldByHook, type LifecycleHolder } from './aws/lifecycle.ts';
 import type { TaggedInventory } from './aws/inventory.ts';
 import { createAwsProvider } from './aws/provider.ts';
 import { describeConfig, type Config } from './config.ts';
-import type { DrainHandle } from './drain/drainer.ts';
+import type { DrainHandle, DrainRunner } from './drain/drainer.ts';
 import { Drainer } from './drain/drainer.ts';
 import { instanceHoldsAddress } from './drain/addresses.ts';
 import { ALL, type LoadBalancerFamily, type Scope } from './drain/family.ts';
 import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
+import { Coordination } from './coordinator/coordination.ts';
+import { handOverTo } from './coordinator/hand-over.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
 import { createApiServer, NotReadyError, RefusedRequestError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
@@ -60,6 +62,8 @@ interface Running {
   readonly own: OwnInstance;
   /** With NODE_NAME and Kubernetes access: the Node's changes, as they happen. */
   readonly nodeWatch: NodeWatch | undefined;
+  /** With COORDINATION=auto, Kubernetes access, POD_NAME and HOST_IP: the election of the cluster's coordinator. */
+  readonly coordination: Coordination | undefined;
 }
 
 export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
@@ -175,11 +179,19 @@ class Agent implements AgentApi {
             logger: this.logger.child({ component: 'node-watch' }),
           })
         : undefined;
+    const keepInventory = () => {
+      if (this.config.inventoryRefreshMs > 0 && !this.shuttingDown) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
+    };
+    const coordination = this.coordination(() => {
+      keepInventory();
+      return () => provider.inventory.stop();
+    }, keepInventory);
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
     if (this.stop.signal.aborted) return resolved.clients.destroy();
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch, own };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch, own, coordination };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
-    if (this.config.inventoryRefreshMs > 0) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
+    // With a coordinator, only it keeps the cluster's inventory: the idle cost does not grow with the nodes.
+    if (!coordination) keepInventory();
 
     await own.read();
     own.refreshEvery(OWN_ADDRESSES_REFRESH_MS);
@@ -188,13 +200,46 @@ class Agent implements AgentApi {
     await services?.load().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the scoped deregistrations to put back'));
     if (this.stop.signal.aborted) return;
     services?.start();
-    this.fate.onChange((change) => this.follow(change));
+    this.fate.onChange((change) => {
+      coordination?.reconsider();
+      this.follow(change);
+    });
     watcher.start();
     nodeWatch?.start();
+    coordination?.start();
     this.logger.info({ instanceId: self.instanceId, watchingNode: nodeWatch !== undefined }, 'ready: watching IMDS for notices');
   }
 
 
+
+  /**
+   * The election, when this agent can take part: `whileLeading` runs when it starts coordinating and
+   * returns what to do when that ends; `alone` when the election stopped for good.
+   */
+  private coordination(whileLeading: () => () => void, alone: () => void): Coordination | undefined {
+    const { coordination, podName, podNamespace, hostIp, port } = this.config;
+    if (coordination === 'off') return undefined;
+    const missing = [!this.kube && 'Kubernetes access', !podName && 'POD_NAME', !podNamespace && 'POD_NAMESPACE', !hostIp && 'HOST_IP'].filter(Boolean);
+    if (!this.kube || !podName || !podNamespace || !hostIp) {
+      this.logger.info({ missing }, `no coordinator: this agent drains its own node alone (coordination needs ${missing.join(', ')}; the chart sets them)`);
+      return undefined;
+    }
+    return new Coordination({
+      leases: this.kube.leases,
+      namespace: podNamespace,
+      identity: podName,
+      hostIp,
+      port,
+      mayLead: () => !this.shuttingDown && !this.fate.now().goingAway,
+      onLeading: (signal) => {
+        this.logger.info('coordinating: this agent drains the dying nodes of the cluster together and keeps the inventory');
+        const stop = whileLeading();
+        signal.addEventListener('abort', stop, { once: true });
+      },
+      onAlone: alone,
+      logger: this.logger.child({ component: 'coordination' }),
+    });
+  }
 
   private localServices(families: readonly LoadBalancerFamily[], self: InstanceIdentity): LocalServices | undefined {
     if (!this.config.localServiceDrain) return undefined;
@@ -320,7 +365,10 @@ class Agent implements AgentApi {
     }
     const instance = await running.drainer.find(target, signal);
     if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope, request);
-    const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun });
+    // A dying peer handing its drain to this coordinator is served, however many arrive together.
+    const handOver = request.peer !== undefined && running.coordination?.isCoordinator() === true;
+    if (handOver) this.logger.info({ instanceId: instance.id, peer: request.peer }, 'serving a peer\'s drain');
+    const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun }, { capped: !handOver });
     return request.asg ? this.heldByHook(instance, handle) : handle;
   }
 
@@ -346,7 +394,7 @@ class Agent implements AgentApi {
     const instance = await own.read();
     if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services, pod);
     const whole = scope.kind === 'all' && !this.config.dryRun;
-    const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun }, { own: true });
+    const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun }, { capped: false, run: whole ? this.handOver() : undefined });
     if (whole) this.wholeDrainStarted = true;
     if (whole && !handle.joined) this.wholeDrain = handle;
     if (whole && !handle.joined && this.keeper && this.config.excludeNode) {
@@ -366,6 +414,22 @@ class Agent implements AgentApi {
       );
     }
     return asg ? this.heldByHook(instance, handle) : handle;
+  }
+
+  /** Hands this node's drain to the coordinator, when another agent coordinates; undefined: drain alone. */
+  private handOver(): DrainRunner | undefined {
+    const { coordination, drainer } = this.running!;
+    const coordinator = coordination?.coordinator();
+    if (!coordination || !coordinator) return undefined;
+    return handOverTo({
+      coordinator,
+      secret: this.config.secret!,
+      peer: this.config.podName!,
+      stillCoordinating: () => coordination.coordinator()?.identity === coordinator.identity,
+      alone: drainer.alone,
+      observer: this.metrics.drainObserver(),
+      logger: this.logger.child({ component: 'hand-over' }),
+    });
   }
 
   /**
@@ -391,7 +455,7 @@ class Agent implements AgentApi {
       // Better a drain that is put back later than traffic sent to a pod that is stopping.
       this.logger.warn({ err: error, service }, 'could not read the Service\'s EndpointSlices: draining anyway');
     }
-    const handle = drainer.start(instance, options, { own: true });
+    const handle = drainer.start(instance, options, { capped: false });
     if (handle.joined || this.config.dryRun) return handle;
     // Answered only once the memory is on the Node: a crash right after the answer forgets nothing.
     const done = handle.done.then(async (status) => {
@@ -470,6 +534,8 @@ class Agent implements AgentApi {
     this.running?.services?.stop();
     this.running?.inventory.stop();
     this.running?.own.stop();
+    // Given up at once, so another agent coordinates while this one drains its own node.
+    const released = this.running?.coordination?.stop();
     // A second signal means: stop now.
     const again = () => {
       this.logger.warn('second signal: abandoning running drains');
@@ -508,6 +574,7 @@ class Agent implements AgentApi {
       }
       await running.drainer.abortAll();
     }
+    await released;
     await this.close(server);
     this.logger.info({ signal }, 'stopped');
     return ExitCode.ok;

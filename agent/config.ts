@@ -4,6 +4,7 @@
  * Every problem is collected and reported together, so a user fixes their manifest once, not once per
  * variable. Messages name the variable, the bad value (never the secret's) and what is accepted.
  */
+import { isIP } from 'node:net';
 import type { HookSetting } from './aws/lifecycle.ts';
 import type { LogLevel } from './log.ts';
 
@@ -49,6 +50,14 @@ export interface Config {
   readonly inventoryRefreshMs: number;
   /** ASG_LIFECYCLE_HOOK: the termination hook, named by the user, that holds the instance while it drains; or none. */
   readonly lifecycleHook: HookSetting;
+  /**
+   * COORDINATION: `auto` elects a coordinator among the agents (a Lease in POD_NAMESPACE) that drains the
+   * nodes of a spot wave together, when the agent has Kubernetes access, POD_NAME and HOST_IP; `off`:
+   * every agent drains its own node alone.
+   */
+  readonly coordination: 'auto' | 'off';
+  /** HOST_IP: the node's address, where peers reach this agent's API when it coordinates. */
+  readonly hostIp: string | undefined;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
   readonly imdsV1Fallback: boolean;
 }
@@ -108,7 +117,7 @@ class EnvReader {
     return this.integer(name, fallbackSeconds, min, max, 'seconds') * 1000;
   }
 
-  matching(name: string, pattern: RegExp, expected: string): string | undefined {
+  matching(name: string, pattern: Pick<RegExp, 'test'>, expected: string): string | undefined {
     const value = this.raw(name);
     if (value === undefined || pattern.test(value)) return value;
     this.problems.push(`${name}=${JSON.stringify(value)} is not ${expected}`);
@@ -192,6 +201,8 @@ export function loadConfig(env: Env, mode: Mode): Config {
     localServiceDrain: read.boolean('LOCAL_SERVICE_DRAIN', false),
     inventoryRefreshMs: read.seconds('INVENTORY_REFRESH', 1800, 0, 86_400),
     lifecycleHook: hookSetting(read),
+    coordination: read.oneOf('COORDINATION', ['auto', 'off'] as const, 'auto'),
+    hostIp: read.matching('HOST_IP', { test: (text: string) => isIP(text) !== 0 }, 'an IPv4 or IPv6 address (the chart sets it from the downward API, status.hostIP)'),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
   };

@@ -15,6 +15,8 @@ import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
 import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
+import { Role } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
+import { RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
 import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
@@ -80,6 +82,8 @@ function validateAll(objects: K8sObject[]): void {
     'apps/v1/DaemonSet': DaemonSet,
     'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole,
     'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding,
+    'rbac.authorization.k8s.io/v1/Role': Role,
+    'rbac.authorization.k8s.io/v1/RoleBinding': RoleBinding,
     'v1/Secret': Secret,
     'v1/Service': Service,
     'v1/ServiceAccount': ServiceAccount,
@@ -160,7 +164,7 @@ describe('chart: default values', () => {
   const env = envOf(container);
 
   it('renders exactly the expected objects, all valid against Kubernetes schemas', () => {
-    assert.deepEqual(objects.map((o) => o.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Secret', 'ServiceAccount']);
+    assert.deepEqual(objects.map((o) => o.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Role', 'RoleBinding', 'Secret', 'ServiceAccount']);
     validateAll(objects);
   });
 
@@ -263,6 +267,26 @@ describe('chart: default values', () => {
     assert.equal(account.metadata.annotations, undefined, 'no IRSA annotation unless a role is given');
   });
 
+  it('grants the coordinator\'s election exactly one Lease in the release namespace (create cannot be limited by name)', () => {
+    const role = only(objects, 'Role');
+    assert.equal(role.metadata.namespace, NAMESPACE);
+    assert.deepEqual(role.rules, [
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: ['hasta-la-vista-coordinator'], verbs: ['get', 'update'] },
+    ]);
+    const binding = only(objects, 'RoleBinding');
+    assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
+    assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: only(objects, 'ServiceAccount').metadata.name, namespace: NAMESPACE }]);
+    assert.equal(envValue(env, 'COORDINATION'), 'auto');
+    assert.deepEqual(env.get('HOST_IP'), { name: 'HOST_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } });
+  });
+
+  it('with coordination off, grants nothing on Leases and every agent drains alone', () => {
+    const off = render('--set', 'config.coordination=off');
+    assert.ok(!off.some((o) => o.kind === 'Role' || o.kind === 'RoleBinding'));
+    assert.equal(envValue(envOf(agentContainer(off)), 'COORDINATION'), 'off');
+  });
+
   it('lists no EndpointSlices unless local service drains are on', () => {
     const role = only(objects, 'ClusterRole');
     assert.ok(!JSON.stringify(role.rules).includes('endpointslices'));
@@ -289,7 +313,7 @@ describe('chart: every option on (test/fixtures/values-all.yaml)', () => {
 
   it('renders valid objects, with a headless Service, a PodMonitor and a ServiceMonitor', () => {
     assert.deepEqual(objects.map((o) => o.kind).sort(), [
-      'ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'PodMonitor', 'Secret', 'Service', 'ServiceAccount', 'ServiceMonitor',
+      'ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'PodMonitor', 'Role', 'RoleBinding', 'Secret', 'Service', 'ServiceAccount', 'ServiceMonitor',
     ]);
     validateAll(objects);
   });
@@ -535,6 +559,7 @@ describe('chart and agent: one rule for every value both check', () => {
     { value: 'config.recheckInterval', variable: 'RECHECK_INTERVAL', accepted: [5, 3600], refused: [4, 3601] },
     { value: 'config.maxConcurrentDrains', variable: 'MAX_CONCURRENT_DRAINS', accepted: [1, 1000], refused: [0, 1001] },
     { value: 'config.inventoryRefresh', variable: 'INVENTORY_REFRESH', accepted: [0, 86400], refused: [-1, 86401] },
+    { value: 'config.coordination', variable: 'COORDINATION', accepted: ['auto', 'off'], refused: ['on', 'true', 'lease'] },
     // The chart also wants the grace period longer than the drain timeout: with a drain timeout of 1 s
     // that relation does not reach the limits tested here.
     {

@@ -66,6 +66,7 @@ export class TaggedInventory implements InventorySource {
   private last: { inventory: Inventory; at: number } | undefined;
   private taggingDenied = false;
   private refresher: NodeJS.Timeout | undefined;
+  private refreshing: { stopped: boolean } | undefined;
 
   constructor(
     private readonly clients: {
@@ -97,10 +98,15 @@ export class TaggedInventory implements InventorySource {
 
   /** Fetches now, then about every `intervalMs` (between half and one and a half times it, so nodes spread out). */
   refreshEvery(intervalMs: number): void {
+    this.stop();
+    const refreshing = { stopped: false };
+    this.refreshing = refreshing;
     const refresh = () => {
       this.inventory(AbortSignal.timeout(60_000))
         .catch((error: unknown) => this.logger.warn({ err: error }, 'could not refresh the inventory of cluster load balancers; a drain will ask again'))
         .finally(() => {
+          // Stopped while this refresh ran (the agent stopped coordinating): no next one.
+          if (refreshing.stopped) return;
           this.refresher = setTimeout(refresh, Math.round(intervalMs * (0.5 + Math.random())));
           this.refresher.unref();
         });
@@ -109,6 +115,7 @@ export class TaggedInventory implements InventorySource {
   }
 
   stop(): void {
+    if (this.refreshing) this.refreshing.stopped = true;
     clearTimeout(this.refresher);
   }
 

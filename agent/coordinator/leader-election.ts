@@ -127,6 +127,11 @@ export class LeaderElector {
     if (this.holdsByRecord()) await this.exclusive(() => this.writeRelease());
   }
 
+  /** mayLead() may have changed (the node's fate did): run the next round now, not after the retry period. */
+  reconsider(): void {
+    this.wake?.();
+  }
+
   /** The holder last observed and its annotations, while its lease has not expired by this agent's clock. */
   leader(): LeaderView | undefined {
     const identity = this.observed?.lease.spec.holderIdentity;

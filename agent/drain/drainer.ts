@@ -28,6 +28,9 @@ export interface DrainHandle {
   cancel(why: string): void;
 }
 
+/** How a drain is carried out, filling in `status` until it settles: by this agent's own AWS calls (Drainer.alone), or handed to the coordinator. */
+export type DrainRunner = (instance: Instance, options: DrainOptions, status: DrainStatus, signal: AbortSignal) => Promise<void>;
+
 export class TooManyDrainsError extends Error {
   constructor(limit: number) {
     super(`${limit} drains are already running (MAX_CONCURRENT_DRAINS); try again when one finished`);
@@ -59,12 +62,20 @@ export class Drainer {
     return this.options.lookup.find(ref, signal);
   }
 
-  /** `own`: the agent's own instance, which the cap on concurrent drains never turns away. */
-  start(instance: Instance, options: DrainOptions, { own = false } = {}): DrainHandle {
+  /** Drains by this agent's own calls to AWS. */
+  readonly alone: DrainRunner = (instance, options, status, signal) =>
+    runDrain(instance, options, this.options.families, status, signal, this.options.logger, this.options.observer);
+
+  /**
+   * `capped: false` for the agent's own instance, and for the drains of dying peers while it coordinates:
+   * the cap on concurrent drains (MAX_CONCURRENT_DRAINS) never turns those away. `run`: how (Drainer.alone
+   * unless the drain is handed over).
+   */
+  start(instance: Instance, options: DrainOptions, { capped = true, run = this.alone }: { capped?: boolean; run?: DrainRunner } = {}): DrainHandle {
     const key = `${instance.id} ${describeScope(options.scope)}`;
     const running = this.inFlight.get(key);
     if (running) return { ...running, joined: true };
-    if (!own && this.inFlight.size >= this.options.maxConcurrent) throw new TooManyDrainsError(this.options.maxConcurrent);
+    if (capped && this.inFlight.size >= this.options.maxConcurrent) throw new TooManyDrainsError(this.options.maxConcurrent);
 
     const status = newStatus(instance, options);
     // A timer of our own, not AbortSignal.timeout(): on Node 20 a garbage collection can lose that
@@ -75,9 +86,9 @@ export class Drainer {
     let timer = arm(options.deadline);
     const signal = AbortSignal.any([deadline.signal, canceled.signal, this.stopping.signal]);
     const done = this.options.calls
-      .measure(status.awsCalls, () => runDrain(instance, options, this.options.families, status, signal, this.options.logger, this.options.observer))
+      .measure(status.awsCalls, () => run(instance, options, status, signal))
       .catch((error: unknown) => {
-        // runDrain handles every AWS error itself; this is a bug, reported rather than lost.
+        // A runner handles every AWS and network error itself; this is a bug, reported rather than lost.
         status.state = 'failed';
         status.reason = `internal error: ${errorMessage(error)}`;
         status.finishedAt = new Date().toISOString();

@@ -46,6 +46,16 @@ export interface DrainStatus {
   loadBalancers: LoadBalancerStatus[];
   /** When Auto Scaling terminates the instance: how its lifecycle hook held it during the drain. */
   lifecycleAction?: LifecycleActionStatus;
+  /** When this node's drain was handed to the cluster's coordinator: who served it, or why this agent drained alone. */
+  handOver?: HandOverStatus;
+}
+
+export interface HandOverStatus {
+  /** The coordinator's identity (its pod name). */
+  readonly coordinator: string;
+  /** `following` while the coordinator drains; `drained-alone` when this agent took over (see `reason`). */
+  outcome: 'following' | 'served' | 'drained-alone';
+  reason?: string;
 }
 
 export interface LifecycleActionStatus {

@@ -25,6 +25,8 @@ export interface DrainRequest {
   readonly asg: boolean;
   /** The pod asking (a preStop hook), which a scoped drain of this node does not count as another ready endpoint. */
   readonly pod?: string;
+  /** Set when a peer agent hands its node's drain to this one, the coordinator: the pod name it gives. */
+  readonly peer?: string;
 }
 
 export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
@@ -216,7 +218,7 @@ async function handle(
       // An instance id needs no decoding: taken as sent, anything else is simply not an id.
       return statusRoute(res, url.pathname.slice(STATUS_PREFIX.length), options.agent);
     case 'drain':
-      return drainRoute(res, url.searchParams, options.agent);
+      return drainRoute(req, res, url.searchParams, options.agent);
   }
 }
 
@@ -286,8 +288,8 @@ function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): 
   sendJson(res, 200, status);
 }
 
-async function drainRoute(res: ServerResponse, query: URLSearchParams, agent: AgentApi): Promise<void> {
-  const request = parseDrainRequest(query);
+async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, agent: AgentApi): Promise<void> {
+  const request = { ...parseDrainRequest(query), peer: peerOf(req) };
   const wait = parseBoolean(query, 'wait');
 
   const aborted = new AbortController();
@@ -337,6 +339,15 @@ function httpStatusOf(status: DrainStatus): number {
     case 'draining':
       return 502;
   }
+}
+
+/** Sent with a hand-over, naming the asking agent: the coordinator serves it whatever MAX_CONCURRENT_DRAINS says. */
+export const PEER_HEADER = 'hasta-la-vista-peer';
+
+/** The agent handing over its drain, from its header; only ever logged, and only after authentication. */
+function peerOf(req: IncomingMessage): string | undefined {
+  const value = req.headers[PEER_HEADER];
+  return typeof value === 'string' && /^[a-z0-9][a-z0-9.-]{0,252}$/.test(value) ? value : undefined;
 }
 
 function parseDrainRequest(query: URLSearchParams): DrainRequest {

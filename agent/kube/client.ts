@@ -10,6 +10,7 @@
 import { Agent, request } from 'undici';
 import type { Logger } from '../log.ts';
 import type { KubeAccess } from './config.ts';
+import type { Lease, LeaseApi } from '../coordinator/lease-api.ts';
 
 export interface KubePod {
   metadata: {
@@ -102,6 +103,8 @@ export interface KubeClient {
   watchNode(name: string, watch: NodeWatchRequest): Promise<string>;
   patchNode(name: string, patch: NodeMetadataPatch): Promise<void>;
   createEvent(event: NodeEvent): Promise<void>;
+  /** The coordinator's Lease (coordination.k8s.io/v1), for the leader election. */
+  readonly leases: LeaseApi;
   close(): Promise<void>;
 }
 
@@ -130,8 +133,8 @@ export class KubeApiError extends Error {
 
 /** What a call does, for error messages and RBAC hints. */
 interface Action {
-  verb: 'get' | 'patch' | 'create' | 'list' | 'watch';
-  resource: 'pods' | 'nodes' | 'events' | 'endpointslices';
+  verb: 'get' | 'patch' | 'create' | 'list' | 'watch' | 'update';
+  resource: 'pods' | 'nodes' | 'events' | 'endpointslices' | 'leases';
   /** The API group, "" for core. */
   group?: string;
   /** Set for namespaced resources. */
@@ -141,7 +144,7 @@ interface Action {
 }
 
 interface Call {
-  method: 'GET' | 'PATCH' | 'POST';
+  method: 'GET' | 'PATCH' | 'POST' | 'PUT';
   path: string;
   body?: unknown;
   contentType?: string;
@@ -268,6 +271,28 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
       }
     },
 
+    leases: {
+      async get(namespace, name) {
+        const action: Action = { verb: 'get', resource: 'leases', group: LEASE_GROUP, namespace, what: `lease "${namespace}/${name}"` };
+        try {
+          return (await call(action, { method: 'GET', path: `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/leases/${encodeURIComponent(name)}` })) as Lease;
+        } catch (error) {
+          if (error instanceof KubeApiError && error.status === 404) return undefined;
+          throw error;
+        }
+      },
+      async create(lease) {
+        const { namespace, name } = lease.metadata;
+        const action: Action = { verb: 'create', resource: 'leases', group: LEASE_GROUP, namespace, what: `lease "${namespace}/${name}"` };
+        return (await call(action, { method: 'POST', path: `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/leases`, body: leaseBody(lease) })) as Lease;
+      },
+      async replace(lease) {
+        const { namespace, name } = lease.metadata;
+        const action: Action = { verb: 'update', resource: 'leases', group: LEASE_GROUP, namespace, what: `lease "${namespace}/${name}"` };
+        return (await call(action, { method: 'PUT', path: `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/leases/${encodeURIComponent(name)}`, body: leaseBody(lease) })) as Lease;
+      },
+    },
+
     close: () => dispatcher.close(),
   };
 
@@ -300,6 +325,12 @@ function toWatchEvent(line: string, action: Action, source: string): NodeWatchEv
     throw new KubeApiError(`${action.verb} ${action.what}: the watch stream carried an event of unknown type ${String(type)}`, 200, 'BadResponse');
   }
   return { type, node: toNode(raw.object, action.what) };
+}
+
+const LEASE_GROUP = 'coordination.k8s.io';
+
+function leaseBody(lease: Lease): unknown {
+  return { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', ...lease };
 }
 
 /** A core/v1 Event; core/v1 (unlike events.k8s.io/v1) does not require eventTime or an action. */

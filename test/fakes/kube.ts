@@ -3,7 +3,9 @@
  * notice: bearer-token authentication (401), authorization (403, switchable per resource and verb),
  * Status objects shaped as the real API server's, JSON merge patches (RFC 7386) on nodes,
  * generateName on events, watches of a node (from a resourceVersion, 410 once compacted away, bookmarks
- * left out), and a `down` switch that resets or hangs connections.
+ * left out), coordination.k8s.io/v1 Leases with optimistic concurrency (409 AlreadyExists on a second
+ * create, 409 Conflict on a write with a stale resourceVersion), and a `down` switch that resets or
+ * hangs connections.
  *
  * Checks run in the real server's order: authentication, then authorization, then the object.
  */
@@ -28,7 +30,7 @@ export interface RecordedPatch {
   body: KubeObject;
 }
 
-type Verb = 'get' | 'patch' | 'create' | 'list' | 'watch';
+type Verb = 'get' | 'patch' | 'create' | 'list' | 'watch' | 'update';
 
 /** A change to a node, as a watch streams it. */
 interface NodeChange {
@@ -41,7 +43,7 @@ interface NodeWatcher {
   name: string;
   res: ServerResponse;
 }
-type Resource = 'pods' | 'nodes' | 'events' | 'endpointslices';
+type Resource = 'pods' | 'nodes' | 'events' | 'endpointslices' | 'leases';
 
 /** The identity the fake pretends a request's token belongs to, for 403 messages. */
 const USER = 'system:serviceaccount:kube-system:hasta-la-vista';
@@ -57,6 +59,7 @@ export class FakeKube {
   private readonly pods = new Map<string, KubeObject>();
   private readonly nodes = new Map<string, KubeObject>();
   private readonly endpointSlices = new Map<string, KubeObject>();
+  private readonly leases = new Map<string, KubeObject>();
   private readonly forbidden = new Set<string>();
   private resourceVersion = 1;
   private readonly nodeChanges: NodeChange[] = [];
@@ -119,6 +122,11 @@ export class FakeKube {
 
   deleteEndpointSlice(namespace: string, name: string): void {
     this.endpointSlices.delete(`${namespace}/${name}`);
+  }
+
+  /** The Lease as the server holds it now. */
+  lease(namespace: string, name: string): KubeObject | undefined {
+    return this.leases.get(`${namespace}/${name}`);
   }
 
   /** The node as the server holds it now, e.g. after patches. */
@@ -190,7 +198,9 @@ export class FakeKube {
       case 'patch':
         return this.patchNode(res, route.name, req.headers['content-type'], body ?? {});
       case 'create':
-        return this.createEvent(res, route.namespace, body ?? {});
+        return route.resource === 'leases' ? this.createLease(res, route.namespace, body ?? {}) : this.createEvent(res, route.namespace, body ?? {});
+      case 'update':
+        return this.updateLease(res, route, body ?? {});
     }
   }
 
@@ -229,7 +239,8 @@ export class FakeKube {
   }
 
   private get(res: ServerResponse, route: Route): void {
-    const stored = route.resource === 'pods' ? this.pods.get(`${route.namespace}/${route.name}`) : this.nodes.get(route.name);
+    const key = `${route.namespace}/${route.name}`;
+    const stored = route.resource === 'pods' ? this.pods.get(key) : route.resource === 'leases' ? this.leases.get(key) : this.nodes.get(route.name);
     if (!stored) return send(res, 404, notFound(route.resource, route.name));
     send(res, 200, stored);
   }
@@ -273,6 +284,31 @@ export class FakeKube {
     const stored = this.stamp({ ...body, metadata: { ...metadata, name, namespace } });
     this.events.push(stored);
     send(res, 201, stored);
+  }
+
+  private createLease(res: ServerResponse, namespace: string, body: KubeObject): void {
+    const name = body.metadata?.name;
+    if (!name) return send(res, 422, status(422, 'Invalid', 'Lease.coordination.k8s.io "" is invalid: metadata.name: Required value: name or generateName is required'));
+    const key = `${namespace}/${name}`;
+    if (this.leases.has(key)) return send(res, 409, status(409, 'AlreadyExists', `leases.coordination.k8s.io "${name}" already exists`, { name, group: 'coordination.k8s.io', kind: 'leases' }));
+    const stored = this.stamp({ ...body, metadata: { ...body.metadata, namespace } });
+    this.leases.set(key, stored);
+    send(res, 201, stored);
+  }
+
+  /** A PUT: refused when the body's resourceVersion is not the stored one (someone wrote in between). */
+  private updateLease(res: ServerResponse, route: Route, body: KubeObject): void {
+    const key = `${route.namespace}/${route.name}`;
+    const stored = this.leases.get(key);
+    if (!stored) return send(res, 404, notFound('leases', route.name));
+    if (body.metadata?.name !== route.name) return send(res, 400, status(400, 'BadRequest', 'the name of the object does not match the name on the URL'));
+    if (body.metadata?.resourceVersion !== stored.metadata.resourceVersion) {
+      const message = `Operation cannot be fulfilled on leases.coordination.k8s.io "${route.name}": the object has been modified; please apply your changes to the latest version and try again`;
+      return send(res, 409, status(409, 'Conflict', message, { name: route.name, group: 'coordination.k8s.io', kind: 'leases' }));
+    }
+    const updated = { ...body, metadata: { ...body.metadata, uid: stored.metadata.uid, creationTimestamp: stored.metadata.creationTimestamp, namespace: route.namespace, resourceVersion: String(++this.resourceVersion) } };
+    this.leases.set(key, updated);
+    send(res, 200, updated);
   }
 
   private isForbidden(verb: Verb, resource: Resource): boolean {
@@ -399,6 +435,14 @@ function routeOf(method: string, path: string): Route | undefined {
   const segments = path.split('/').slice(1).map(decodeURIComponent);
   const [api, version, first, second, third, fourth] = segments;
   // /apis/discovery.k8s.io/v1/namespaces/<ns>/endpointslices
+  // /apis/coordination.k8s.io/v1/namespaces/<ns>/leases[/<name>]
+  if (api === 'apis' && version === 'coordination.k8s.io' && first === 'v1' && second === 'namespaces' && third && fourth === 'leases') {
+    const name = segments[6];
+    if (segments.length === 6 && method === 'POST') return { verb: 'create', resource: 'leases', namespace: third, name: '' };
+    if (segments.length === 7 && name && method === 'GET') return { verb: 'get', resource: 'leases', namespace: third, name };
+    if (segments.length === 7 && name && method === 'PUT') return { verb: 'update', resource: 'leases', namespace: third, name };
+    return undefined;
+  }
   if (api === 'apis' && version === 'discovery.k8s.io' && first === 'v1' && second === 'namespaces' && third && fourth === 'endpointslices' && segments.length === 6 && method === 'GET') {
     return { verb: 'list', resource: 'endpointslices', namespace: third, name: '' };
   }
@@ -426,7 +470,7 @@ function notFound(resource: Resource, name: string): KubeObject {
 function forbiddenStatus({ verb, resource, namespace, name }: Route): KubeObject {
   const object = name ? `${resource} "${name}"` : resource;
   const scope = namespace ? `in the namespace "${namespace}"` : 'at the cluster scope';
-  const group = resource === 'endpointslices' ? 'discovery.k8s.io' : '';
+  const group = resource === 'endpointslices' ? 'discovery.k8s.io' : resource === 'leases' ? 'coordination.k8s.io' : '';
   const message = `${object} is forbidden: User "${USER}" cannot ${verb} resource "${resource}" in API group "${group}" ${scope}`;
   return status(403, 'Forbidden', message, { ...(name ? { name } : {}), kind: resource });
 }

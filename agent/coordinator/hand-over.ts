@@ -1,0 +1,138 @@
+/**
+ * A dying node's drain, handed to the cluster's coordinator: this agent asks it over the authenticated
+ * drain API (`POST /drain?id=<self>`) and follows that drain's status (`GET /drain/<id>`) into its own,
+ * so the coordinator can batch a whole spot wave into one call per load balancer.
+ *
+ * Never worse than draining alone: the agent drains by itself, at once, when the coordinator does not
+ * answer within 2 s, stops answering (two polls in a row), ends the drain without getting the node out
+ * while time is left, has not deregistered anything in time, or steps down before it has.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { errorMessage } from '../aws/errors.ts';
+import type { DrainObserver } from '../drain/drain.ts';
+import type { DrainRunner } from '../drain/drainer.ts';
+import { isFinished, type DrainStatus, type HandOverStatus } from '../drain/status.ts';
+import { PEER_HEADER } from '../http/server.ts';
+import type { Logger } from '../log.ts';
+import type { Coordinator } from './coordination.ts';
+
+export interface HandOverTiming {
+  /** Each request to the coordinator, the hand-over included, must be answered this fast. */
+  readonly answerMs: number;
+  /** Between two reads of the coordinator's status of the drain. */
+  readonly pollMs: number;
+  /** Polls failing in a row before this agent drains alone. */
+  readonly failedPolls: number;
+  /**
+   * The coordinator must have deregistered something (or finished) this soon after the hand-over, and
+   * within a third of the time to the deadline, or this agent drains alone with the rest of the time.
+   */
+  readonly progressWaitMs: number;
+}
+
+export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 10_000 };
+
+export interface HandOverOptions {
+  readonly coordinator: Coordinator;
+  readonly secret: string;
+  /** This agent's pod name. */
+  readonly peer: string;
+  /** False once the Lease no longer names this coordinator. */
+  readonly stillCoordinating: () => boolean;
+  /** Draining alone, when the coordinator cannot serve. */
+  readonly alone: DrainRunner;
+  readonly observer?: DrainObserver;
+  readonly logger: Logger;
+  readonly timing?: HandOverTiming;
+}
+
+/** Thrown for an answer that is not a drain status: the coordinator cannot serve this drain. */
+class CoordinatorError extends Error {}
+
+export function handOverTo(options: HandOverOptions): DrainRunner {
+  const { coordinator, secret, peer, stillCoordinating, alone, observer, timing = HAND_OVER_TIMING } = options;
+  const base = `http://${coordinator.endpoint}`;
+
+  const ask = async (method: 'GET' | 'POST', path: string): Promise<DrainStatus> => {
+    const answer = await request(`${base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${secret}`, [PEER_HEADER]: peer },
+      signal: AbortSignal.timeout(timing.answerMs),
+    });
+    const body = (await answer.body.json().catch(() => undefined)) as (DrainStatus & { error?: string }) | undefined;
+    if ((answer.statusCode === 200 || answer.statusCode === 202) && body?.instanceId) return body;
+    throw new CoordinatorError(`answered ${answer.statusCode}${body?.error ? `: ${body.error}` : ''}`);
+  };
+
+  return async (instance, drainOptions, status, signal) => {
+    const started = Date.now();
+    const log = options.logger.child({ instanceId: instance.id, coordinator: coordinator.identity, endpoint: coordinator.endpoint });
+    const handOver: HandOverStatus = { coordinator: coordinator.identity, outcome: 'following' };
+    status.handOver = handOver;
+    const timeLeftMs = () => Date.parse(status.deadline) - Date.now();
+
+    const drainAlone = async (why: string): Promise<void> => {
+      handOver.outcome = 'drained-alone';
+      handOver.reason = why;
+      // What the coordinator reported is replaced by what this agent finds itself.
+      status.loadBalancers = [];
+      log.warn({ why }, 'the coordinator cannot serve this drain: draining alone');
+      await alone(instance, drainOptions, status, signal);
+    };
+
+    const finish = (state: DrainStatus['state'], reason: string | undefined, remote: DrainStatus | undefined): void => {
+      if (remote) status.loadBalancers = remote.loadBalancers;
+      status.state = state;
+      if (reason === undefined) delete status.reason;
+      else status.reason = reason;
+      status.finishedAt = new Date().toISOString();
+      const durationMs = Date.now() - started;
+      observer?.finished?.(structuredClone(status), durationMs);
+      log[state === 'deregistered' ? 'info' : 'warn']({ durationMs, status }, `drain ${state} (served by the coordinator)`);
+    };
+
+    log.info({ deadline: status.deadline }, 'drain handed to the coordinator');
+    let remote: DrainStatus;
+    try {
+      const timeout = Math.min(3600, Math.max(1, Math.floor(timeLeftMs() / 1000)));
+      remote = await ask('POST', `/drain?id=${instance.id}&timeout=${timeout}`);
+    } catch (error) {
+      return drainAlone(`the hand-over was not accepted within ${timing.answerMs} ms: ${errorMessage(error)}`);
+    }
+
+    const progressBy = started + Math.min(timing.progressWaitMs, Math.max(0, timeLeftMs()) / 3);
+    let failedPolls = 0;
+    for (;;) {
+      status.loadBalancers = remote.loadBalancers;
+      const progressed = isFinished(remote) || remote.loadBalancers.some((lb) => lb.deregisteredAt !== undefined);
+      if (remote.state === 'deregistered') {
+        handOver.outcome = 'served';
+        return finish(remote.state, remote.reason, remote);
+      }
+      if (isFinished(remote)) {
+        const why = `the coordinator's drain ended ${remote.state}${remote.reason ? ` (${remote.reason})` : ''}`;
+        if (timeLeftMs() > timing.answerMs && !signal.aborted) return drainAlone(why);
+        handOver.reason = why;
+        return finish(remote.state, remote.reason, remote);
+      }
+      if (signal.aborted) {
+        const reason = signal.reason as Error | undefined;
+        const notOut = remote.loadBalancers.filter((lb) => lb.state !== 'out').length;
+        if (reason?.name === 'TimeoutError') return finish('timed_out', `deadline passed while the coordinator drained, with ${notOut} load balancer(s) not yet out`, remote);
+        return finish('failed', `interrupted: ${reason?.message ?? 'the agent stopped the drain'} while the coordinator drained, with ${notOut} load balancer(s) not yet out`, remote);
+      }
+      if (!progressed && Date.now() >= progressBy) return drainAlone(`the coordinator deregistered nothing within ${Math.round((Date.now() - started) / 1000)} s`);
+      if (!progressed && !stillCoordinating()) return drainAlone('the coordinator stepped down before deregistering this node');
+
+      await sleep(timing.pollMs, undefined, { signal }).catch(() => undefined);
+      if (signal.aborted) continue;
+      try {
+        remote = await ask('GET', `/drain/${instance.id}`);
+        failedPolls = 0;
+      } catch (error) {
+        if (++failedPolls >= timing.failedPolls) return drainAlone(`the coordinator stopped answering: ${errorMessage(error)}`);
+      }
+    }
+  };
+}

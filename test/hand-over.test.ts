@@ -1,0 +1,191 @@
+/**
+ * A dying node's drain handed to the coordinator, against a fake coordinator (a real HTTP server
+ * answering as the agent's API does): served, and every case in which the agent must drain alone
+ * instead. Timings are shortened; the rules are the same.
+ */
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, it } from 'node:test';
+import { handOverTo, type HandOverTiming } from '../agent/coordinator/hand-over.ts';
+import type { DrainOptions } from '../agent/drain/drain.ts';
+import { ALL } from '../agent/drain/family.ts';
+import type { Instance } from '../agent/drain/instance.ts';
+import type { DrainStatus, LoadBalancerStatus } from '../agent/drain/status.ts';
+import { silentLogger } from '../agent/log.ts';
+
+const SECRET = 'hand-over-Secret-0123456789';
+const INSTANCE: Instance = { id: 'i-0123456789abcdef0', vpcId: 'vpc-0123456789abcdef0', privateIps: ['10.0.1.23'], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [], tags: {} };
+const TIMING: HandOverTiming = { answerMs: 300, pollMs: 50, failedPolls: 2, progressWaitMs: 600 };
+const TG = 'arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef';
+
+type Answer = { status: number; body: unknown } | 'hang' | 'reset';
+
+/** A coordinator whose answers the test scripts: `post` for the hand-over, `get` for each status read. */
+class FakeCoordinator {
+  readonly requests: { method: string; url: string; authorization?: string; peer?: string }[] = [];
+  post: () => Answer = () => ({ status: 202, body: remote('draining', []) });
+  get: () => Answer = () => ({ status: 200, body: remote('deregistered', [lb('out')]) });
+  private readonly server: Server = createServer((req, res) => this.answer(req, res));
+
+  async listen(): Promise<string> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return `127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  close(): Promise<void> {
+    this.server.closeAllConnections();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private answer(req: IncomingMessage, res: ServerResponse): void {
+    this.requests.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization, peer: req.headers['hasta-la-vista-peer'] as string | undefined });
+    const answer = req.method === 'POST' ? this.post() : this.get();
+    if (answer === 'hang') return;
+    if (answer === 'reset') return void req.socket.resetAndDestroy();
+    res.writeHead(answer.status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer.body));
+  }
+}
+
+function lb(state: LoadBalancerStatus['state'], deregistered = true): LoadBalancerStatus {
+  return { family: 'target-group', arn: TG, targets: [{ id: INSTANCE.id, port: 30080 }], state, ...(deregistered ? { deregisteredAt: new Date().toISOString() } : {}) };
+}
+
+function remote(state: DrainStatus['state'], loadBalancers: LoadBalancerStatus[], reason?: string): DrainStatus {
+  return {
+    instanceId: INSTANCE.id,
+    trigger: 'api',
+    scope: 'all',
+    state,
+    ...(reason ? { reason } : {}),
+    dryRun: false,
+    startedAt: new Date().toISOString(),
+    deadline: new Date(Date.now() + 60_000).toISOString(),
+    triggers: ['api'],
+    finishedAt: state === 'draining' ? null : new Date().toISOString(),
+    awsCalls: { DeregisterTargets: 1 },
+    loadBalancers,
+  };
+}
+
+function ownStatus(deadline: Date): DrainStatus {
+  return { ...remote('draining', []), trigger: 'spot-interruption', triggers: ['spot-interruption'], deadline: deadline.toISOString(), awsCalls: {}, finishedAt: null };
+}
+
+let coordinator: FakeCoordinator;
+afterEach(() => coordinator?.close());
+
+/** Runs one hand-over to the fake; `alone` records whether (and why) the agent drained by itself. */
+async function handOver({ deadlineMs = 5_000, stillCoordinating = (): boolean => true, signal = new AbortController().signal }: { deadlineMs?: number; stillCoordinating?: () => boolean; signal?: AbortSignal } = {}) {
+  coordinator ??= new FakeCoordinator();
+  const endpoint = await coordinator.listen();
+  const deadline = new Date(Date.now() + deadlineMs);
+  const status = ownStatus(deadline);
+  let alone = false;
+  const run = handOverTo({
+    coordinator: { identity: 'hlv-coordinator', endpoint },
+    secret: SECRET,
+    peer: 'hlv-follower',
+    stillCoordinating,
+    alone: async (_instance, _options, drained) => {
+      alone = true;
+      drained.loadBalancers.push(lb('out'));
+      drained.state = 'deregistered';
+      drained.finishedAt = new Date().toISOString();
+    },
+    logger: silentLogger(),
+    timing: TIMING,
+  });
+  const options: DrainOptions = { trigger: 'spot-interruption', scope: ALL, deadline, dryRun: false };
+  const started = Date.now();
+  await run(INSTANCE, options, status, signal);
+  return { status, alone, ms: Date.now() - started };
+}
+
+describe('handing a drain to the coordinator', () => {
+  it('asks the coordinator with the secret and its name, follows its status, and reports it served', async () => {
+    coordinator = new FakeCoordinator();
+    let reads = 0;
+    coordinator.get = () => ({ status: 200, body: ++reads < 3 ? remote('draining', [lb('draining')]) : remote('deregistered', [lb('out')]) });
+    const { status, alone } = await handOver();
+    assert.equal(alone, false);
+    assert.equal(status.state, 'deregistered');
+    assert.deepEqual(status.handOver, { coordinator: 'hlv-coordinator', outcome: 'served' });
+    assert.deepEqual(status.loadBalancers.map((entry) => entry.state), ['out']);
+    // Its own trigger and deadline, not the coordinator's.
+    assert.equal(status.trigger, 'spot-interruption');
+    assert.notEqual(status.finishedAt, null);
+    const [post, ...gets] = coordinator.requests;
+    assert.equal(post!.method, 'POST');
+    assert.match(post!.url, new RegExp(`^/drain\\?id=${INSTANCE.id}&timeout=[45]$`));
+    assert.equal(post!.authorization, `Bearer ${SECRET}`);
+    assert.equal(post!.peer, 'hlv-follower');
+    assert.ok(gets.length >= 3 && gets.every((get) => get.method === 'GET' && get.url === `/drain/${INSTANCE.id}`));
+    assert.ok(!JSON.stringify(coordinator.requests.map((r) => r.url)).includes(SECRET), 'the secret is never in a URL');
+  });
+
+  const fallbacks: { name: string; set: (fake: FakeCoordinator) => void; stillCoordinating?: () => boolean; reason: RegExp }[] = [
+    { name: 'the hand-over is not answered within the answer time', set: (fake) => (fake.post = () => 'hang'), reason: /not accepted within 300 ms/ },
+    { name: 'the coordinator refuses it (503 while it starts)', set: (fake) => (fake.post = () => ({ status: 503, body: { error: 'starting' } })), reason: /answered 503: starting/ },
+    { name: 'the coordinator stops answering (two status reads in a row)', set: (fake) => (fake.get = () => 'reset'), reason: /stopped answering/ },
+    {
+      name: 'the coordinator\'s drain ends without the node out, with time left',
+      set: (fake) => (fake.get = () => ({ status: 200, body: remote('failed', [lb('failed')], 'AccessDenied') })),
+      reason: /ended failed \(AccessDenied\)/,
+    },
+    { name: 'the coordinator deregisters nothing in time', set: (fake) => (fake.get = () => ({ status: 200, body: remote('draining', []) })), reason: /deregistered nothing within/ },
+    {
+      name: 'the coordinator steps down before deregistering',
+      set: (fake) => (fake.get = () => ({ status: 200, body: remote('draining', []) })),
+      stillCoordinating: () => false,
+      reason: /stepped down before deregistering/,
+    },
+  ];
+  for (const { name, set, stillCoordinating, reason } of fallbacks) {
+    it(`drains alone at once when ${name}`, async () => {
+      coordinator = new FakeCoordinator();
+      set(coordinator);
+      const { status, alone, ms } = await handOver({ stillCoordinating });
+      assert.equal(alone, true);
+      assert.equal(status.handOver?.outcome, 'drained-alone');
+      assert.match(status.handOver?.reason ?? '', reason);
+      assert.equal(status.state, 'deregistered');
+      // What the coordinator had reported is replaced by what the agent found itself.
+      assert.deepEqual(status.loadBalancers.map((entry) => entry.state), ['out']);
+      assert.ok(ms < 2_000, `fell back after ${ms} ms, well before the 5 s deadline`);
+    });
+  }
+
+  it('keeps following a coordinator that has deregistered, even once it stepped down', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.post = () => ({ status: 202, body: remote('draining', [lb('draining')]) });
+    let reads = 0;
+    coordinator.get = () => ({ status: 200, body: ++reads < 4 ? remote('draining', [lb('draining')]) : remote('deregistered', [lb('out')]) });
+    const { status, alone } = await handOver({ stillCoordinating: () => false });
+    assert.equal(alone, false);
+    assert.equal(status.handOver?.outcome, 'served');
+  });
+
+  it('reports timed_out at its deadline while the coordinator still drains, without a second drain', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.get = () => ({ status: 200, body: remote('draining', [lb('draining')]) });
+    const deadline = new AbortController();
+    setTimeout(() => deadline.abort(new DOMException('the drain deadline passed', 'TimeoutError')), 400);
+    const { status, alone } = await handOver({ signal: deadline.signal });
+    assert.equal(alone, false);
+    assert.equal(status.state, 'timed_out');
+    assert.match(status.reason ?? '', /deadline passed while the coordinator drained, with 1 load balancer\(s\) not yet out/);
+  });
+
+  it('a drain given back while the coordinator drains stops following it and says so', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.get = () => ({ status: 200, body: remote('draining', [lb('draining')]) });
+    const canceled = new AbortController();
+    setTimeout(() => canceled.abort(new DOMException('the node was given back (maintenance canceled)', 'AbortError')), 200);
+    const { status, alone } = await handOver({ signal: canceled.signal });
+    assert.equal(alone, false);
+    assert.equal(status.state, 'failed');
+    assert.match(status.reason ?? '', /^interrupted: the node was given back \(maintenance canceled\) while the coordinator drained/);
+  });
+});
