@@ -145,7 +145,7 @@ drain options (one of --id, --ip and --self is required: a bare "drain" changes 
 drain output: every run prints exactly one JSON document on stdout, failures included; --help and
 --version print text. A drain that ran prints its status, as GET /drain/<id> answers it:
   {"instanceId", "trigger": "cli", "scope", "state", "reason"?, "dryRun", "startedAt", "deadline",
-   "triggers", "finishedAt", "awsCalls", "loadBalancers": [...], "lifecycleAction"?}
+   "triggers", "finishedAt", "awsCalls", "loadBalancers": [...], "lifecycleAction"?, "handOver"?}
 with state deregistered (out of every load balancer in scope), skipped (a dry run), timed_out or failed.
 A run that failed before any drain began prints {"state": "failed", "error": {...}}, with "instanceId",
 "trigger", "scope" and "dryRun" where they are known. Every run that does not exit 0 has
@@ -190,6 +190,10 @@ Environment:
                          it drains, then that hook, and only that one, is completed (CONTINUE). Unset (or
                          off): no lifecycle API is ever called. Never EKS's own Terminate-LC-Hook of managed
                          node groups: EKS evicts the pods with it, and completing it would cut that short
+  COORDINATION           auto: the agents elect a coordinator (a Lease in POD_NAMESPACE) that drains a spot
+                         wave's nodes together; off: every agent drains its own node alone (default auto)
+  HOST_IP                the node's address, where peers reach this agent's API when it coordinates
+                         (downward API status.hostIP; unset: this agent drains alone)
   The AWS SDK's own variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, the credential chain,
   AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_EC2_METADATA_V1_DISABLED) and KUBECONFIG work as usual.
 `;

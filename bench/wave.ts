@@ -1,35 +1,62 @@
 /**
  * Table 4: a spot wave. N agent processes (each the built dist/main.js, each with its own fake IMDS
  * and its own instance, all registered in the same 4 cluster load balancers) against one moto behind
- * a token-bucket rate limiter shaped like the ELB API's. Every fake IMDS starts serving a spot
- * notice within the same second (a two-minute warning, as AWS gives).
+ * token buckets shaped like AWS's, sharing one fake Kubernetes API (Lease, Nodes, Pods) when they
+ * coordinate. Every fake IMDS starts serving a spot notice within the same second (a two-minute
+ * warning, as AWS gives).
  */
-import { freemem } from 'node:os';
+import { mkdtempSync } from 'node:fs';
+import { freemem, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startFakeImds, type FakeImds } from '../test/fakes/imds.ts';
+import { makeNode, makePod, startFakeKube } from '../test/fakes/kube.ts';
 import { freePort } from '../test/helpers/moto.ts';
 import { waitReady } from '../test/helpers/agent-harness.ts';
 import { events, isDrainEnd, procSample, SECRET, spawnAgent, spotNotice, stopAgent, type AgentProcess, type LogEvent } from './lib/agent.ts';
 
 import type { BenchOptions, Section } from './lib/report.ts';
-import { max, median, mmm, num, seconds, sum, table } from "./lib/stats.ts";
-import { pool, REGION, registerNodes, seedClients, seedCluster, startEndpoint, TokenBuckets, type LimiterSpec } from "./lib/aws.ts";
+import { max, median, mmm, num, seconds, sum, table } from './lib/stats.ts';
+import { pool, REGION, registerNodes, seedClients, seedCluster, startEndpoint, TokenBuckets, type Cluster, type Endpoint, type LimiterSpec, type SeedClients } from './lib/aws.ts';
 
-export const ELB_LIKE_LIMITS: LimiterSpec = {
+/** AWS's documented buckets where there are any (ELB and EC2 non-mutating), the issue's assumptions where not. */
+export const AWS_LIKE_LIMITS: LimiterSpec = {
   describe: { burst: 40, refillPerSecond: 10 },
-  mutate: { burst: 20, refillPerSecond: 5 },
+  mutate: { burst: 20, refillPerSecond: 4 },
   ec2Describe: { burst: 100, refillPerSecond: 20 },
+  tagging: { burst: 20, refillPerSecond: 5 },
 };
+/** AWS does not document the tagging API's bucket: the same wave with it twice as large. */
+const LARGER_TAGGING: LimiterSpec = { ...AWS_LIKE_LIMITS, tagging: { burst: 40, refillPerSecond: 10 } };
 
 const NOTICE_MS = 120_000;
+/** An agent's RSS peaks near 120 MiB in a wave; keep 1.5 GiB for moto, the fakes and this process. */
+const AGENT_MIB = 130;
+
+/**
+ * `alone`: no Kubernetes, every agent drains its own node (as before the coordinator). `coordinated`:
+ * one more agent, on a node that is not going away, holds the Lease; the dying nodes hand their drains
+ * to it. `coordinator killed`: the same, with the coordinator SIGKILLed as its first deregistration goes out.
+ */
+type Mode = 'alone' | 'coordinated' | 'coordinator killed';
+
+interface Plan {
+  readonly nodes: number;
+  readonly mode: Mode;
+  readonly limits: LimiterSpec;
+}
 
 interface Wave {
   readonly nodes: number;
+  readonly mode?: Mode;
+  readonly limits?: LimiterSpec;
   readonly noticeSpreadMs: number;
   /** Per node, from its notice to its final drain line, ms. */
   readonly outMs: number[];
   readonly lastDeregisterCallMs: number;
   readonly states: Record<string, number>;
+  /** How the dying nodes' drains went: served by the coordinator, drained alone after a hand-over, or alone from the start. */
+  readonly handOvers?: Record<string, number>;
   readonly calls: number;
   readonly throttled: number;
   readonly throttledBy: Record<string, number>;
@@ -42,110 +69,151 @@ interface Wave {
 }
 
 export async function waveBench(options: BenchOptions): Promise<Section[]> {
-  const sizes = options.smoke ? [4] : [25, 50, 100];
+  const plans: Plan[] = options.smoke
+    ? [{ nodes: 4, mode: 'coordinated', limits: AWS_LIKE_LIMITS }]
+    : [
+        { nodes: 50, mode: 'alone', limits: AWS_LIKE_LIMITS },
+        { nodes: 100, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
+        { nodes: 100, mode: 'coordinated', limits: LARGER_TAGGING },
+        { nodes: 100, mode: 'coordinator killed', limits: AWS_LIKE_LIMITS },
+        { nodes: 300, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
+      ];
   const endpoint = await startEndpoint();
   const waves: Wave[] = [];
   const skipped: string[] = [];
   try {
     const aws = seedClients(endpoint.moto.url);
-    const cluster = await seedCluster(aws, Math.max(...sizes));
-    for (const planned of sizes) {
-      // An agent's RSS peaks near 175 MiB; keep 1.5 GiB for moto and this process.
-      const fits = Math.floor((freemem() - 1.5 * 2 ** 30) / (180 * 2 ** 20));
-      const size = Math.min(planned, fits);
-      if (size < planned) {
-        skipped.push(`${planned} nodes would need about ${planned * 180} MiB for the agents, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
+    const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1);
+    for (const plan of plans) {
+      const fits = Math.floor((freemem() - 1.5 * 2 ** 30) / (AGENT_MIB * 2 ** 20)) - 1;
+      const size = Math.min(plan.nodes, fits);
+      if (size < plan.nodes) {
+        skipped.push(`${plan.nodes} nodes (${plan.mode}) would need about ${plan.nodes * AGENT_MIB} MiB for one agent process each, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
         options.log(`wave: ${skipped.at(-1)}`);
       }
       if (size < 1) continue;
-      const nodes = cluster.nodes.slice(0, size);
-      await registerNodes(aws, cluster, nodes);
-      const imdses: FakeImds[] = await Promise.all(nodes.map((node) => startFakeImds({ instanceId: node.id, region: REGION, vpcId: cluster.vpcId, privateIp: node.ip })));
-      const ports = await Promise.all(nodes.map(() => freePort()));
-      const agents: AgentProcess[] = [];
-      try {
-        // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out.
-        const startedAt = Date.now();
-        await pool(nodes, 6, async (_node, i) => {
-          const agent = spawnAgent(ports[i]!, {
-            AWS_ENDPOINT_URL: endpoint.proxy.url,
-            AWS_EC2_METADATA_SERVICE_ENDPOINT: imdses[i]!.url,
-            SECRET,
-            LOGLEVEL: 'info',
-          });
-          agents[i] = agent;
-          await waitReady(agent, 60_000);
-        });
-        const startAllMs = Date.now() - startedAt;
-        const idleRssMiB = agents.map((a) => procSample(a.child.pid!).rssKiB / 1024);
-        options.log(`wave of ${size}: all agents ready in ${seconds(startAllMs)}, idle RSS ${num(median(idleRssMiB))} MiB each (sum ${num(sum(idleRssMiB))} MiB)`);
-        await sleep(3_000); // let the buckets be full and every agent be in its steady poll
-
-        const limiter = new TokenBuckets(ELB_LIKE_LIMITS);
-        endpoint.setLimiter(limiter);
-        const mark = endpoint.stamps.length;
-        const offsets = agents.map((a) => a.stderr().length);
-        const noticeAt: number[] = [];
-        const t0 = Date.now();
-        for (const [i, imds] of imdses.entries()) {
-          imds.set('meta-data/spot/instance-action', spotNotice(NOTICE_MS));
-          noticeAt[i] = Date.now();
-        }
-        const noticeSpreadMs = Date.now() - t0;
-
-        const ends: (LogEvent | undefined)[] = agents.map(() => undefined);
-        const peak = agents.map(() => 0);
-        const until = t0 + NOTICE_MS + 10_000;
-        while (ends.some((e) => e === undefined) && Date.now() < until) {
-          await sleep(250);
-          for (const [i, agent] of agents.entries()) {
-            if (agent.alive()) peak[i] = Math.max(peak[i]!, procSample(agent.child.pid!).rssKiB / 1024);
-            if (ends[i] || !agent.stderr().includes('"msg":"drain ', offsets[i])) continue;
-            ends[i] = events(agent, offsets[i]).find(isDrainEnd);
-          }
-        }
-        endpoint.setLimiter(undefined);
-        const calls = endpoint.stamps.slice(mark);
-        const outMs = ends.map((e, i) => (e ? e.at - noticeAt[i]! : NaN));
-        const states: Record<string, number> = {};
-        for (const e of ends) states[e?.status.state ?? 'no final line'] = (states[e?.status.state ?? 'no final line'] ?? 0) + 1;
-        const callsBy: Record<string, number> = {};
-        const throttledBy: Record<string, number> = {};
-        for (const c of calls) {
-          const key = `${c.service}:${c.action}`;
-          callsBy[key] = (callsBy[key] ?? 0) + 1;
-          if (c.throttled) throttledBy[key] = (throttledBy[key] ?? 0) + 1;
-        }
-        const wave: Wave = {
-          nodes: size,
-          noticeSpreadMs,
-          outMs,
-          lastDeregisterCallMs: max(calls.filter((c) => c.action.startsWith('Deregister') && !c.throttled).map((c) => c.at - t0)),
-          states,
-          calls: calls.length,
-          throttled: calls.filter((c) => c.throttled).length,
-          throttledBy,
-          callsBy,
-          missedOwnDeadline: ends.filter((e) => e?.status.state !== 'deregistered').length,
-          missedTwoMinutes: outMs.filter((t) => !(t <= NOTICE_MS)).length,
-          idleRssMiB,
-          peakRssMiB: peak,
-          startAllMs,
-        };
-        waves.push(wave);
-        options.log(
-          `  every node out after ${seconds(max(outMs))} (median node ${seconds(median(outMs))}); ${wave.calls} calls, ${wave.throttled} throttled; states ${JSON.stringify(states)}`,
-        );
-      } finally {
-        endpoint.setLimiter(undefined);
-        await Promise.all(agents.filter(Boolean).map(stopAgent));
-        await Promise.all(imdses.map((imds) => imds.close()));
-      }
+      waves.push(await runWave(endpoint, aws, cluster, { ...plan, nodes: size }, options));
     }
   } finally {
     await endpoint.close();
   }
   return [section(waves, skipped)];
+}
+
+async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, plan: Plan, options: BenchOptions): Promise<Wave> {
+  const size = plan.nodes;
+  const coordinated = plan.mode !== 'alone';
+  // The coordinator's node is the one after the dying ones; it gets no notice.
+  const nodes = cluster.nodes.slice(0, size + (coordinated ? 1 : 0));
+  await registerNodes(aws, cluster, nodes);
+  const kube = coordinated ? await startFakeKube({ token: 'bench-kube-token' }) : undefined;
+  const kubeconfig = kube?.writeKubeconfig(join(mkdtempSync(join(tmpdir(), 'hlv-wave-')), 'kubeconfig'));
+  const names = nodes.map((_node, i) => ({ node: `ip-bench-${i}.ec2.internal`, pod: `hasta-la-vista-${String(i).padStart(5, '0')}` }));
+  for (const [i, node] of nodes.entries()) {
+    kube?.setNode(makeNode(names[i]!.node, { providerID: `aws:///us-east-1a/${node.id}` }));
+    kube?.setPod(makePod('kube-system', names[i]!.pod, { nodeName: names[i]!.node }));
+  }
+  const imdses: FakeImds[] = await Promise.all(nodes.map((node) => startFakeImds({ instanceId: node.id, region: REGION, vpcId: cluster.vpcId, privateIp: node.ip })));
+  const ports = await Promise.all(nodes.map(() => freePort()));
+  const all: AgentProcess[] = [];
+  const spawn = (i: number) => {
+    const agent = spawnAgent(ports[i]!, {
+      AWS_ENDPOINT_URL: endpoint.proxy.url,
+      AWS_EC2_METADATA_SERVICE_ENDPOINT: imdses[i]!.url,
+      SECRET,
+      LOGLEVEL: 'info',
+      ...(kube ? { KUBECONFIG: kubeconfig!, NODE_NAME: names[i]!.node, POD_NAME: names[i]!.pod, POD_NAMESPACE: 'kube-system', HOST_IP: '127.0.0.1' } : {}),
+    });
+    all[i] = agent;
+    return agent;
+  };
+  const label = `wave of ${size} (${plan.mode}${plan.limits === AWS_LIKE_LIMITS ? '' : ', tagging 40 +10/s'})`;
+  try {
+    const startedAt = Date.now();
+    if (kube) {
+      // The coordinator first, so it is the one holding the Lease.
+      await waitReady(spawn(size), 60_000);
+      const holder = () => kube.lease('kube-system', 'hasta-la-vista-coordinator')?.spec?.holderIdentity;
+      while (holder() !== names[size]!.pod) await sleep(100);
+    }
+    // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out.
+    await pool(nodes.slice(0, size), 6, async (_node, i) => waitReady(spawn(i), 60_000));
+    const startAllMs = Date.now() - startedAt;
+    const dying = all.slice(0, size);
+    const idleRssMiB = dying.map((a) => procSample(a.child.pid!).rssKiB / 1024);
+    options.log(`${label}: all agents ready in ${seconds(startAllMs)}, idle RSS ${num(median(idleRssMiB))} MiB each (sum ${num(sum(idleRssMiB))} MiB)`);
+    await sleep(3_000); // let the buckets be full and every agent be in its steady poll
+
+    endpoint.setLimiter(new TokenBuckets(plan.limits));
+    const mark = endpoint.stamps.length;
+    const offsets = dying.map((a) => a.stderr().length);
+    const noticeAt: number[] = [];
+    const t0 = Date.now();
+    for (const [i, imds] of imdses.slice(0, size).entries()) {
+      imds.set('meta-data/spot/instance-action', spotNotice(NOTICE_MS));
+      noticeAt[i] = Date.now();
+    }
+    const noticeSpreadMs = Date.now() - t0;
+
+    let killed = plan.mode !== 'coordinator killed';
+    const ends: (LogEvent | undefined)[] = dying.map(() => undefined);
+    const peak = dying.map(() => 0);
+    const until = t0 + NOTICE_MS + 10_000;
+    while (ends.some((e) => e === undefined) && Date.now() < until) {
+      await sleep(killed ? 250 : 10);
+      if (!killed && endpoint.stamps.slice(mark).some((c) => c.action.startsWith('Deregister') && !c.throttled)) {
+        all[size]!.child.kill('SIGKILL');
+        killed = true;
+        options.log(`  coordinator killed ${seconds(Date.now() - t0)} after the notices, as its first deregistration went out`);
+      }
+      for (const [i, agent] of dying.entries()) {
+        if (agent.alive()) peak[i] = Math.max(peak[i]!, procSample(agent.child.pid!).rssKiB / 1024);
+        if (ends[i] || !agent.stderr().includes('"msg":"drain ', offsets[i])) continue;
+        ends[i] = events(agent, offsets[i]).find(isDrainEnd);
+      }
+    }
+    endpoint.setLimiter(undefined);
+    const calls = endpoint.stamps.slice(mark);
+    const outMs = ends.map((e, i) => (e ? e.at - noticeAt[i]! : NaN));
+    const count = (keys: string[]) => keys.reduce<Record<string, number>>((acc, key) => ({ ...acc, [key]: (acc[key] ?? 0) + 1 }), {});
+    const states = count(ends.map((e) => e?.status.state ?? 'no final line'));
+    const handOvers = count(ends.map((e) => e?.status.handOver?.outcome ?? 'alone from the start'));
+    const callsBy: Record<string, number> = {};
+    const throttledBy: Record<string, number> = {};
+    for (const c of calls) {
+      const key = `${c.service}:${c.action}`;
+      callsBy[key] = (callsBy[key] ?? 0) + 1;
+      if (c.throttled) throttledBy[key] = (throttledBy[key] ?? 0) + 1;
+    }
+    const wave: Wave = {
+      nodes: size,
+      mode: plan.mode,
+      limits: plan.limits,
+      noticeSpreadMs,
+      outMs,
+      lastDeregisterCallMs: max(calls.filter((c) => c.action.startsWith('Deregister') && !c.throttled).map((c) => c.at - t0)),
+      states,
+      handOvers,
+      calls: calls.length,
+      throttled: calls.filter((c) => c.throttled).length,
+      throttledBy,
+      callsBy,
+      missedOwnDeadline: ends.filter((e) => e?.status.state !== 'deregistered').length,
+      missedTwoMinutes: outMs.filter((t) => !(t <= NOTICE_MS)).length,
+      idleRssMiB,
+      peakRssMiB: peak,
+      startAllMs,
+    };
+    options.log(
+      `  every node out after ${seconds(max(outMs))} (median node ${seconds(median(outMs))}); ${wave.calls} calls, ${wave.throttled} throttled; states ${JSON.stringify(states)}; ${JSON.stringify(handOvers)}`,
+    );
+    return wave;
+  } finally {
+    endpoint.setLimiter(undefined);
+    await Promise.all(all.filter(Boolean).map(stopAgent));
+    await Promise.all(imdses.map((imds) => imds.close()));
+    await kube?.close();
+  }
 }
 
 export function waveSection(raw: { waves: Wave[]; skipped?: string[] }): Section {
@@ -156,8 +224,11 @@ function section(waves: Wave[], skipped: string[]): Section {
   // The nodes that missed end at their deadline, after every node that got out: the first ones are those out.
   const outOf = (w: Wave) => [...w.outMs].filter(Number.isFinite).sort((a, b) => a - b).slice(0, w.nodes - w.missedOwnDeadline);
   const everyOut = (w: Wave) => (w.missedOwnDeadline === 0 ? seconds(max(w.outMs)) : `**not all: ${w.nodes - w.missedOwnDeadline} of ${w.nodes} out by the deadline**`);
+  const modeOf = (w: Wave) => `${w.mode ?? 'alone'}${w.limits && w.limits.tagging.refillPerSecond !== AWS_LIKE_LIMITS.tagging.refillPerSecond ? `, tagging ${w.limits.tagging.burst} +${w.limits.tagging.refillPerSecond}/s` : ''}`;
+  const handOvers = (w: Wave) => (w.handOvers ? Object.entries(w.handOvers).map(([outcome, n]) => `${n} ${outcome}`).join(', ') : 'all alone');
   const rows = waves.map((w) => [
     String(w.nodes),
+    modeOf(w),
     everyOut(w),
     w.missedOwnDeadline === 0 ? mmm(w.outMs, seconds) : `${mmm(outOf(w), seconds)} (the ${w.nodes - w.missedOwnDeadline} that got out)`,
     seconds(w.lastDeregisterCallMs),
@@ -165,30 +236,33 @@ function section(waves: Wave[], skipped: string[]): Section {
     `${w.throttled} (${num((100 * w.throttled) / Math.max(1, w.calls))} %)`,
     num(w.calls / w.nodes, 1),
     String(w.missedOwnDeadline),
+    handOvers(w),
     `${num(median(w.idleRssMiB))} / ${num(median(w.peakRssMiB))} (max ${num(max(w.peakRssMiB))}); sum ${num(sum(w.peakRssMiB))}`,
   ]);
   const actions = [...new Set(waves.flatMap((w) => Object.keys(w.callsBy)))].sort();
   const byAction = actions.map((a) => [a, ...waves.map((w) => `${w.callsBy[a] ?? 0} (${w.throttledBy[a] ?? 0} throttled)`)]);
-  const last = waves.at(-1);
-  const headline = last
-    ? [
-        last.missedOwnDeadline === 0
-          ? `Spot wave of ${last.nodes} nodes against ELB-like rate limits: every node out after ${seconds(max(last.outMs))} (median node ${seconds(median(last.outMs))}), ${last.throttled} throttled calls, no node missed its deadline`
-          : `Spot wave of ${last.nodes} nodes against ELB-like rate limits: **${last.missedOwnDeadline} of ${last.nodes} nodes missed their deadline** (${last.throttled} of ${last.calls} calls throttled)`,
-      ]
-    : [];
+  // The best and the worst measured wave, side by side: a headline never hides a node that missed.
+  const describe = (w: Wave) =>
+    w.missedOwnDeadline === 0
+      ? `${w.nodes} nodes (${modeOf(w)}): every node out after ${seconds(max(w.outMs))} (median ${seconds(median(w.outMs))}), ${w.throttled} of ${w.calls} calls throttled`
+      : `${w.nodes} nodes (${modeOf(w)}): **${w.missedOwnDeadline} of ${w.nodes} nodes missed their deadline** (${w.throttled} of ${w.calls} calls throttled)`;
+  const rank = (w: Wave) => w.missedOwnDeadline * 1e9 + max(w.outMs.map((t) => (Number.isFinite(t) ? t : 1e8)));
+  const ranked = [...waves].sort((a, b) => rank(a) - rank(b) || b.nodes - a.nodes);
+  const best = ranked[0];
+  const worst = ranked.at(-1);
+  const headline = best && worst ? [`Spot waves against AWS-like rate limits: best ${describe(best)}${worst !== best ? `; worst ${describe(worst)}` : ''}`] : [];
   const body = [
-    `One wave per size: every node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls ${ELB_LIKE_LIMITS.describe.refillPerSecond}/s refill, burst ${ELB_LIKE_LIMITS.describe.burst} (ELB's documented non-mutating bucket); register/deregister ${ELB_LIKE_LIMITS.mutate.refillPerSecond}/s, burst ${ELB_LIKE_LIMITS.mutate.burst} (assumed: lower than describe); tag:GetResources as ELB describe (assumed); EC2 DescribeInstances ${ELB_LIKE_LIMITS.ec2Describe.refillPerSecond}/s, burst ${ELB_LIKE_LIMITS.ec2Describe.burst} (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's nodes (median, min–max), from each agent's final \`drain …\` line; one wave per size, not repeated.`,
+    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with the coordinator SIGKILLed the moment its first deregistration is accepted. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
     '',
     table(
-      ['nodes', 'every node out', 'per node: notice → out', 'last Deregister call accepted', 'AWS calls', 'throttled', 'calls per node', 'nodes not out by their deadline (105 s), so still registered when the instance dies at 120 s', 'RSS per agent MiB: idle / peak (median), sum of peaks'],
+      ['nodes', 'mode', 'every node out', 'per node: notice → out', 'last Deregister call accepted', 'AWS calls', 'throttled', 'calls per node', 'nodes not out by their deadline (105 s), so still registered when the instance dies at 120 s', 'drains', 'RSS per agent MiB: idle / peak (median), sum of peaks'],
       rows,
     ),
     ...(skipped.length ? ['', `Not measured as planned: ${skipped.join('; ')}.`] : []),
     '',
     'Calls by API and action (throttled ones included in the count):',
     '',
-    table(['API:action', ...waves.map((w) => `${w.nodes} nodes`)], byAction),
+    table(['API:action', ...waves.map((w) => `${w.nodes} nodes, ${modeOf(w)}`)], byAction),
   ].join('\n');
-  return { id: 'wave', title: '4. Spot wave', body, raw: { limits: ELB_LIKE_LIMITS, waves, skipped }, headline };
+  return { id: 'wave', title: '4. Spot wave', body, raw: { limits: AWS_LIKE_LIMITS, waves, skipped }, headline };
 }

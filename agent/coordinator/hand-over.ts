@@ -89,7 +89,8 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       status.finishedAt = new Date().toISOString();
       const durationMs = Date.now() - started;
       observer?.finished?.(structuredClone(status), durationMs);
-      log[state === 'deregistered' ? 'info' : 'warn']({ durationMs, status }, `drain ${state} (served by the coordinator)`);
+      // The same final line as a drain of its own (the coordinator is named in the line's fields).
+      log[state === 'deregistered' ? 'info' : 'warn']({ durationMs, status }, `drain ${state}`);
     };
 
     log.info({ deadline: status.deadline }, 'drain handed to the coordinator');

@@ -101,6 +101,8 @@ export interface LimiterSpec {
   readonly mutate: BucketSpec;
   /** EC2's own non-mutating bucket (DescribeInstances), which is much larger than ELB's. */
   readonly ec2Describe: BucketSpec;
+  /** tag:GetResources (undocumented: assumed). */
+  readonly tagging: BucketSpec;
 }
 
 /** Token buckets keyed by API and kind of call; a throttled request takes no token. */
@@ -115,7 +117,7 @@ export class TokenBuckets {
 
   take(call: { service: string; action: string }): boolean {
     const mutating = /^(Register|Deregister|Create|Delete|Modify|Add|Remove|Set|Apply|Attach|Detach)/.test(call.action);
-    const spec = mutating ? this.spec.mutate : call.service === 'ec2' ? this.spec.ec2Describe : this.spec.describe;
+    const spec = mutating ? this.spec.mutate : call.service === 'ec2' ? this.spec.ec2Describe : call.service === 'tagging' ? this.spec.tagging : this.spec.describe;
     const key = `${call.service}:${mutating ? 'mutate' : 'describe'}`;
     const now = this.now();
     const bucket = this.buckets.get(key) ?? { tokens: spec.burst, at: now, spec };
