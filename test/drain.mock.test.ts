@@ -859,6 +859,24 @@ describe('throttling', () => {
   });
 });
 
+describe('throttling never sends discovery back to the start', () => {
+  it('a throttled page of GetResources is asked again by itself: the pages already read are not read again', async () => {
+    const world = new FakeAws();
+    // 150 tagged target groups: the cluster tag's listing takes two pages of 100.
+    const groups = Array.from({ length: 150 }, (_, i) => world.addGroup(`web-${i}`, { tags: CLUSTER_TAG }));
+    const secondPage = (input: Answer) => (input as GetResourcesCommandInput).PaginationToken === '100';
+    world.fault('tagging:GetResources', firstCalls(3, throttling, secondPage));
+    const final = await drain(mockedAgent(world), { timeoutMs: 30_000 });
+
+    assert.equal(final.state, 'deregistered', JSON.stringify(final.reason));
+    assert.equal(final.loadBalancers.filter((lb) => lb.state === 'out').length, 150);
+    const firstPages = world.callsOf('tagging:GetResources', (input) => !(input as GetResourcesCommandInput).PaginationToken);
+    assert.equal(firstPages.length, 3, 'each tag key\'s first page was read once');
+    assert.equal(world.callsOf('tagging:GetResources', secondPage).length, 4, 'three throttled, then the one that worked');
+    assert.ok(groups.every((group) => group.targets.every((target) => target.Id !== NODE.id)));
+  });
+});
+
 describe('one failing load balancer among healthy ones', () => {
   it('AccessDenied on one target group: that one failed with the permission fix, the others out, overall failed, without waiting for the deadline', async () => {
     const world = new FakeAws();

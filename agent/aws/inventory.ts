@@ -23,11 +23,12 @@ import {
   type ElasticLoadBalancingV2Client,
   type TargetGroup,
 } from '@aws-sdk/client-elastic-load-balancing-v2';
-import { paginateGetResources, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
+import { GetResourcesCommand, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
 import { allOrPartial, type DiscoveryContext, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
 import { chunks, describeSurvivors } from './batches.ts';
-import { errorCode, errorMessage, isPermissionError } from './errors.ts';
+import { errorCode, errorMessage, isPermissionError, isThrottling } from './errors.ts';
+import { backoff } from '../drain/retry.ts';
 import { clusterTagFilters, inCluster, tagsFromList, type Tags } from './tags.ts';
 
 export interface TaggedResource {
@@ -144,17 +145,19 @@ export class TaggedInventory implements InventorySource {
     const found = new Map<string, Tags>();
     await Promise.all(
       clusterTagFilters(this.clusterName).map(async (filter) => {
-        const pages = paginateGetResources(
-          { client: this.clients.tagging, pageSize: 100 },
-          { ResourceTypeFilters: RESOURCE_TYPES, TagFilters: [{ Key: filter.key, Values: filter.value === undefined ? undefined : [filter.value] }] },
-          { abortSignal: signal },
-        );
-        for await (const page of pages) {
-          signal.throwIfAborted();
+        const TagFilters = [{ Key: filter.key, Values: filter.value === undefined ? undefined : [filter.value] }];
+        let token: string | undefined;
+        do {
+          // One page at a time, each retried by itself: a throttled page never sends the listing back to its first page.
+          const page = await whileThrottled(
+            () => this.clients.tagging.send(new GetResourcesCommand({ ResourceTypeFilters: RESOURCE_TYPES, TagFilters, ResourcesPerPage: 100, PaginationToken: token }), { abortSignal: signal }),
+            signal,
+          );
           for (const resource of page.ResourceTagMappingList ?? []) {
             if (resource.ResourceARN) found.set(resource.ResourceARN, tagsFromList(resource.Tags));
           }
-        }
+          token = page.PaginationToken || undefined;
+        } while (token);
       }),
     );
     return classify(found);
@@ -197,9 +200,15 @@ export class TaggedInventory implements InventorySource {
   private async groupsOfLoadBalancer(loadBalancerArn: string, signal: AbortSignal): Promise<TargetGroup[]> {
     const groups: TargetGroup[] = [];
     try {
-      for await (const page of paginateDescribeTargetGroups({ client: this.clients.elbv2 }, { LoadBalancerArn: loadBalancerArn, PageSize: 400 }, { abortSignal: signal })) {
+      let marker: string | undefined;
+      do {
+        const page = await whileThrottled(
+          () => this.clients.elbv2.send(new DescribeTargetGroupsCommand({ LoadBalancerArn: loadBalancerArn, PageSize: 400, Marker: marker }), { abortSignal: signal }),
+          signal,
+        );
         groups.push(...(page.TargetGroups ?? []));
-      }
+        marker = page.NextMarker;
+      } while (marker);
     } catch (error) {
       // Deleted since it was found: it has no target groups to drain.
       if (!LOAD_BALANCER_GONE.has(errorCode(error) ?? '')) throw error;
@@ -210,7 +219,7 @@ export class TaggedInventory implements InventorySource {
   private groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
     return describeSurvivors(
       arns,
-      async (batch) => (await this.clients.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: batch }), { abortSignal: signal })).TargetGroups ?? [],
+      async (batch) => (await whileThrottled(() => this.clients.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: batch }), { abortSignal: signal }), signal)).TargetGroups ?? [],
       (error) => TARGET_GROUP_GONE.has(errorCode(error) ?? ''),
     );
   }
@@ -298,6 +307,22 @@ export async function fromKnownThenFresh<M extends Membership>(
     },
   );
   return allOrPartial(await Promise.allSettled([find(known), fresh]));
+}
+
+/**
+ * Retries one call for as long as AWS throttles it (jittered backoff from 1 s to 10 s, which lets an
+ * account's token bucket refill), until the caller's signal ends: in a spot wave, what the other calls
+ * of a discovery already got is kept, and only this call waits. Other errors are the caller's.
+ */
+export async function whileThrottled<T>(call: () => Promise<T>, signal: AbortSignal): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      if (!isThrottling(error) || signal.aborted) throw error;
+      await backoff(attempt, signal, 1_000, 10_000);
+    }
+  }
 }
 
 /** A kept inventory this young is used as it is. */
