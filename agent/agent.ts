@@ -184,6 +184,8 @@ class Agent implements AgentApi {
     };
     const coordination = this.coordination(() => {
       keepInventory();
+      // Serving peers means finding them in EC2: its client (the largest module) is loaded now, not in the middle of a wave.
+      resolved.clients.ec2().catch((error: unknown) => this.logger.warn({ err: error }, 'could not load the EC2 client'));
       return () => provider.inventory.stop();
     }, keepInventory);
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
@@ -363,11 +365,14 @@ class Agent implements AgentApi {
     if (target === undefined || ('id' in target ? target.id === running.self.instanceId : instanceHoldsAddress(running.own.last(), target.ip))) {
       return this.drainSelf('api', deadline, request.scope, request);
     }
-    const instance = await running.drainer.find(target, signal);
+    // A dying peer handing its drain over describes its own instance (from its IMDS): a spot wave at the
+    // coordinator waits for no EC2 lookup. One of another VPC is looked up, and not found.
+    const described = request.peer?.instance;
+    const instance = described && described.vpcId === running.resolved.placement.vpcId ? described : await running.drainer.find(target, signal);
     if (instance.id === running.self.instanceId) return this.drainSelf('api', deadline, request.scope, request);
     // A dying peer handing its drain to this coordinator is served, however many arrive together.
     const handOver = request.peer !== undefined && running.coordination?.isCoordinator() === true;
-    if (handOver) this.logger.info({ instanceId: instance.id, peer: request.peer }, 'serving a peer\'s drain');
+    if (handOver) this.logger.info({ instanceId: instance.id, peer: request.peer!.name, described: described !== undefined }, 'serving a peer\'s drain');
     const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun }, { capped: !handOver });
     return request.asg ? this.heldByHook(instance, handle) : handle;
   }

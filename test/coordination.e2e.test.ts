@@ -157,6 +157,8 @@ describe('a coordinator drains the dying nodes of the cluster', () => {
     // The coordinator made every call; the follower none, at start or for its drain.
     assert.ok(deregistrations(first.proxy) >= 2, 'the coordinator deregistered');
     assert.deepEqual(second.proxy.calls.map((call) => call.action), [], 'the follower called AWS');
+    // The follower described its own instance: the coordinator looked nothing up in EC2.
+    assert.equal(first.proxy.count('DescribeInstances'), 0);
     const served = await statusOf(first.agent!, second.instanceId, 'deregistered');
     assert.equal(served.trigger, 'api');
     assert.ok(first.agent!.logs().some((line) => line.msg === "serving a peer's drain" && line.peer === second.pod));

@@ -23,10 +23,10 @@ type Answer = { status: number; body: unknown } | 'hang' | 'reset';
 
 /** A coordinator whose answers the test scripts: `post` for the hand-over, `get` for each status read. */
 class FakeCoordinator {
-  readonly requests: { method: string; url: string; authorization?: string; peer?: string }[] = [];
+  readonly requests: { method: string; url: string; authorization?: string; peer?: string; body: string }[] = [];
   post: () => Answer = () => ({ status: 202, body: remote('draining', []) });
   get: () => Answer = () => ({ status: 200, body: remote('deregistered', [lb('out')]) });
-  private readonly server: Server = createServer((req, res) => this.answer(req, res));
+  private readonly server: Server = createServer((req, res) => void this.answer(req, res));
 
   async listen(): Promise<string> {
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
@@ -38,8 +38,10 @@ class FakeCoordinator {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private answer(req: IncomingMessage, res: ServerResponse): void {
-    this.requests.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization, peer: req.headers['hasta-la-vista-peer'] as string | undefined });
+  private async answer(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let body = '';
+    for await (const chunk of req) body += String(chunk);
+    this.requests.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization, peer: req.headers['hasta-la-vista-peer'] as string | undefined, body });
     const answer = req.method === 'POST' ? this.post() : this.get();
     if (answer === 'hang') return;
     if (answer === 'reset') return void req.socket.resetAndDestroy();
@@ -121,6 +123,8 @@ describe('handing a drain to the coordinator', () => {
     assert.match(post!.url, new RegExp(`^/drain\\?id=${INSTANCE.id}&timeout=[45]$`));
     assert.equal(post!.authorization, `Bearer ${SECRET}`);
     assert.equal(post!.peer, 'hlv-follower');
+    // Its instance as its IMDS describes it, so the coordinator asks EC2 nothing.
+    assert.deepEqual(JSON.parse(post!.body), { instance: { vpcId: INSTANCE.vpcId, privateIps: ['10.0.1.23'], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [] } });
     assert.ok(gets.length >= 3 && gets.every((get) => get.method === 'GET' && get.url === `/drain/${INSTANCE.id}`));
     assert.ok(!JSON.stringify(coordinator.requests.map((r) => r.url)).includes(SECRET), 'the secret is never in a URL');
   });

@@ -324,3 +324,41 @@ test('the secret is never logged: not from pw=, the header, a mistyped URL, nor 
     close(logging);
   }
 });
+
+describe('a peer handing its drain to the coordinator', () => {
+  const PEER = ['Hasta-La-Vista-Peer', 'hasta-la-vista-x7k2p'] as const;
+  const described = { vpcId: 'vpc-0123456789abcdef0', privateIps: ['10.0.1.23', '10.0.1.57'], ipv4Prefixes: ['10.0.1.16/28'], ipv6Addresses: ['2600:1f18::1c'], ipv6Prefixes: ['2600:1f18:1:2:3::/80'] };
+  const handOver = (body: string) => send('POST', `/drain?id=${ID}&timeout=90`, { headers: [PEER, ['Content-Type', 'application/json']], body });
+
+  test('is named, and its instance as it describes it reaches the agent', async () => {
+    const answer = await handOver(JSON.stringify({ instance: described }));
+    assert.equal(answer.status, 202);
+    assert.deepEqual(drainRequests[0]?.peer, { name: 'hasta-la-vista-x7k2p', instance: { id: ID, ...described, tags: {} } });
+  });
+
+  test('without a body it is named only: the agent looks the instance up itself', async () => {
+    assert.equal((await send('POST', `/drain?id=${ID}`, { headers: [PEER] })).status, 202);
+    assert.deepEqual(drainRequests[0]?.peer, { name: 'hasta-la-vista-x7k2p' });
+  });
+
+  const refused: [string, string, RegExp][] = [
+    ['a body that is not JSON', '{"instance":', /not JSON/],
+    ['no VPC id', JSON.stringify({ instance: { ...described, vpcId: 'vpc-xyz' } }), /instance\.vpcId is not a VPC id/],
+    ['an address that is none', JSON.stringify({ instance: { ...described, privateIps: ['10.0.1.300'] } }), /instance\.privateIps is not a list of addresses/],
+    ['a prefix without its length', JSON.stringify({ instance: { ...described, ipv6Prefixes: ['2600:1f18:1:2:3::'] } }), /instance\.ipv6Prefixes is not a list of addresses/],
+  ];
+  for (const [name, body, reason] of refused) {
+    test(`with ${name} is refused (400, what to send), and nothing is drained`, async () => {
+      const answer = await handOver(body);
+      assert.equal(answer.status, 400);
+      assert.match(errorOf(answer), reason);
+      assert.match(errorOf(answer), /send \{"instance"/);
+      assert.equal(drainRequests.length, 0);
+    });
+  }
+
+  test('a body without the peer header is read as before: ignored', async () => {
+    assert.equal((await send('POST', `/drain?id=${ID}`, { body: 'anything' })).status, 202);
+    assert.equal(drainRequests[0]?.peer, undefined);
+  });
+});

@@ -54,10 +54,11 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
   const { coordinator, secret, peer, stillCoordinating, alone, observer, timing = HAND_OVER_TIMING } = options;
   const base = `http://${coordinator.endpoint}`;
 
-  const ask = async (method: 'GET' | 'POST', path: string): Promise<DrainStatus> => {
+  const ask = async (method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> => {
     const answer = await request(`${base}${path}`, {
       method,
-      headers: { authorization: `Bearer ${secret}`, [PEER_HEADER]: peer },
+      headers: { authorization: `Bearer ${secret}`, [PEER_HEADER]: peer, ...(payload ? { 'content-type': 'application/json' } : {}) },
+      body: payload ? JSON.stringify(payload) : undefined,
       signal: AbortSignal.timeout(timing.answerMs),
     });
     const body = (await answer.body.json().catch(() => undefined)) as (DrainStatus & { error?: string }) | undefined;
@@ -97,7 +98,9 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
     let remote: DrainStatus;
     try {
       const timeout = Math.min(3600, Math.max(1, Math.floor(timeLeftMs() / 1000)));
-      remote = await ask('POST', `/drain?id=${instance.id}&timeout=${timeout}`);
+      // The instance as this agent's IMDS describes it: the coordinator need not find it in EC2.
+      const { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } = instance;
+      remote = await ask('POST', `/drain?id=${instance.id}&timeout=${timeout}`, { instance: { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } });
     } catch (error) {
       return drainAlone(`the hand-over was not accepted within ${timing.answerMs} ms: ${errorMessage(error)}`);
     }

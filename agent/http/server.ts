@@ -9,7 +9,8 @@ import { parseInstanceRef, parseScope, parseTimeoutSeconds, INSTANCE_ID, UsageEr
 import type { DrainHandle } from '../drain/drainer.ts';
 import { TooManyDrainsError } from '../drain/drainer.ts';
 import type { Scope } from '../drain/family.ts';
-import { InstanceNotFoundError, type InstanceRef } from '../drain/instance.ts';
+import { InstanceNotFoundError, type Instance, type InstanceRef } from '../drain/instance.ts';
+import { ipFamily } from '../drain/addresses.ts';
 import { isFinished, type DrainStatus } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
@@ -25,8 +26,14 @@ export interface DrainRequest {
   readonly asg: boolean;
   /** The pod asking (a preStop hook), which a scoped drain of this node does not count as another ready endpoint. */
   readonly pod?: string;
-  /** Set when a peer agent hands its node's drain to this one, the coordinator: the pod name it gives. */
-  readonly peer?: string;
+  /** Set when a peer agent hands its node's drain to this one, the coordinator. */
+  readonly peer?: PeerHandOver;
+}
+
+/** A dying peer's hand-over: its pod name, and its instance as its IMDS describes it, so the coordinator need not ask EC2. */
+export interface PeerHandOver {
+  readonly name: string;
+  readonly instance?: Instance;
 }
 
 export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
@@ -199,7 +206,7 @@ async function handle(
   setRoute(route.name);
   allowMethods(req, route);
   if (route.authenticated) authenticate(req, client, url.searchParams, options.secret, limiter);
-  await drainBody(req);
+  const body = await readBody(req);
   checkParameters(url.searchParams, route);
 
   switch (route.name) {
@@ -218,7 +225,7 @@ async function handle(
       // An instance id needs no decoding: taken as sent, anything else is simply not an id.
       return statusRoute(res, url.pathname.slice(STATUS_PREFIX.length), options.agent);
     case 'drain':
-      return drainRoute(req, res, url.searchParams, options.agent);
+      return drainRoute(req, res, url.searchParams, body, options.agent);
   }
 }
 
@@ -260,23 +267,25 @@ function authenticate(req: IncomingMessage, address: string, query: URLSearchPar
 }
 
 /**
- * Reads and discards a body, refusing one that is too large. It stops reading then, but leaves the
- * socket to the answer: destroying the request would destroy the connection before the 413 is sent.
+ * Reads a body (only a peer's hand-over has one that matters), refusing one that is too large. It stops
+ * reading then, but leaves the socket to the answer: destroying the request would destroy the
+ * connection before the 413 is sent.
  */
-function drainBody(req: IncomingMessage): Promise<void> {
+function readBody(req: IncomingMessage): Promise<Buffer> {
   const tooLarge = () => new HttpError(413, `request body too large (limit ${MAX_BODY_BYTES} bytes): parameters go in the query string`, { connection: 'close' });
   if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) return Promise.reject(tooLarge());
   return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
     let received = 0;
     const onData = (chunk: Buffer) => {
       received += chunk.length;
-      if (received <= MAX_BODY_BYTES) return;
+      if (received <= MAX_BODY_BYTES) return void chunks.push(chunk);
       req.off('data', onData);
       req.pause();
       reject(tooLarge());
     };
     req.on('data', onData);
-    req.once('end', resolve);
+    req.once('end', () => resolve(Buffer.concat(chunks)));
     req.once('error', reject);
   });
 }
@@ -288,8 +297,8 @@ function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): 
   sendJson(res, 200, status);
 }
 
-async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, agent: AgentApi): Promise<void> {
-  const request = { ...parseDrainRequest(query), peer: peerOf(req) };
+async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, body: Buffer, agent: AgentApi): Promise<void> {
+  const request = { ...parseDrainRequest(query), peer: peerOf(req, query, body) };
   const wait = parseBoolean(query, 'wait');
 
   const aborted = new AbortController();
@@ -344,10 +353,46 @@ function httpStatusOf(status: DrainStatus): number {
 /** Sent with a hand-over, naming the asking agent: the coordinator serves it whatever MAX_CONCURRENT_DRAINS says. */
 export const PEER_HEADER = 'hasta-la-vista-peer';
 
-/** The agent handing over its drain, from its header; only ever logged, and only after authentication. */
-function peerOf(req: IncomingMessage): string | undefined {
-  const value = req.headers[PEER_HEADER];
-  return typeof value === 'string' && /^[a-z0-9][a-z0-9.-]{0,252}$/.test(value) ? value : undefined;
+/**
+ * The agent handing over its drain: its name from the header, its instance from the JSON body
+ * (`{"instance": {"vpcId", "privateIps", "ipv4Prefixes", "ipv6Addresses", "ipv6Prefixes"}}`, the id
+ * being the request's `id=`). Read only after authentication: whoever holds the secret may already
+ * drain any address of the VPC with ip=.
+ */
+function peerOf(req: IncomingMessage, query: URLSearchParams, body: Buffer): PeerHandOver | undefined {
+  const name = req.headers[PEER_HEADER];
+  if (typeof name !== 'string' || !/^[a-z0-9][a-z0-9.-]{0,252}$/.test(name)) return undefined;
+  const id = query.get('id');
+  if (body.length === 0 || id === null) return { name };
+  const fix = 'send {"instance": {"vpcId": "vpc-…", "privateIps": [...], "ipv4Prefixes": [...], "ipv6Addresses": [...], "ipv6Prefixes": [...]}}, or no body';
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new HttpError(400, `the hand-over's body is not JSON: ${fix}`);
+  }
+  const described = (parsed as { instance?: Record<string, unknown> } | null)?.instance;
+  const list = (key: string, valid: (text: string) => boolean): string[] => {
+    const value = described?.[key] ?? [];
+    if (!Array.isArray(value) || value.length > 1000 || !value.every((item) => typeof item === 'string' && valid(item))) {
+      throw new HttpError(400, `the hand-over's instance.${key} is not a list of addresses: ${fix}`);
+    }
+    return value as string[];
+  };
+  const address = (text: string) => ipFamily(text) !== undefined;
+  const prefix = (text: string) => /^[^/]+\/\d{1,3}$/.test(text) && address(text.split('/')[0]!);
+  const vpcId = described?.vpcId;
+  if (typeof vpcId !== 'string' || !/^vpc-[0-9a-f]{8,17}$/.test(vpcId)) throw new HttpError(400, `the hand-over's instance.vpcId is not a VPC id: ${fix}`);
+  const instance: Instance = {
+    id,
+    vpcId,
+    privateIps: list('privateIps', address),
+    ipv4Prefixes: list('ipv4Prefixes', prefix),
+    ipv6Addresses: list('ipv6Addresses', address),
+    ipv6Prefixes: list('ipv6Prefixes', prefix),
+    tags: {},
+  };
+  return { name, instance };
 }
 
 function parseDrainRequest(query: URLSearchParams): DrainRequest {
