@@ -184,8 +184,6 @@ class Agent implements AgentApi {
     };
     const coordination = this.coordination(() => {
       keepInventory();
-      // Serving peers means finding them in EC2: its client (the largest module) is loaded now, not in the middle of a wave.
-      resolved.clients.ec2().catch((error: unknown) => this.logger.warn({ err: error }, 'could not load the EC2 client'));
       return () => provider.inventory.stop();
     }, keepInventory);
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.

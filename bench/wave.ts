@@ -6,7 +6,7 @@
  * warning, as AWS gives).
  */
 import { mkdtempSync } from 'node:fs';
-import { freemem, tmpdir } from 'node:os';
+import { availableParallelism, freemem, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startFakeImds, type FakeImds } from '../test/fakes/imds.ts';
@@ -57,6 +57,7 @@ interface Wave {
   readonly states: Record<string, number>;
   /** How the dying nodes' drains went: served by the coordinator, drained alone after a hand-over, or alone from the start. */
   readonly handOvers?: Record<string, number>;
+  readonly whyAlone?: Record<string, number>;
   readonly calls: number;
   readonly throttled: number;
   readonly throttledBy: Record<string, number>;
@@ -70,7 +71,7 @@ interface Wave {
 
 export async function waveBench(options: BenchOptions): Promise<Section[]> {
   const plans: Plan[] = options.smoke
-    ? [{ nodes: 4, mode: 'coordinated', limits: AWS_LIKE_LIMITS }]
+    ? [{ nodes: Number(process.env.WAVE_SMOKE_NODES ?? 4), mode: 'coordinated', limits: AWS_LIKE_LIMITS }]
     : [
         { nodes: 50, mode: 'alone', limits: AWS_LIKE_LIMITS },
         { nodes: 100, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
@@ -136,8 +137,14 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
       const holder = () => kube.lease('kube-system', 'hasta-la-vista-coordinator')?.spec?.holderIdentity;
       while (holder() !== names[size]!.pod) await sleep(100);
     }
-    // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out.
-    await pool(nodes.slice(0, size), 6, async (_node, i) => waitReady(spawn(i), 60_000));
+    // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out. Here all
+    // the agents share this machine's few cores, where in a cluster each has its own node's: the dying
+    // ones run at a lower priority so that the coordinator is not starved by a hundred others at the notice.
+    await pool(nodes.slice(0, size), 6, async (_node, i) => {
+      const agent = spawn(i);
+      if (coordinated) setPriority(agent.child.pid!, 10);
+      await waitReady(agent, 60_000);
+    });
     const startAllMs = Date.now() - startedAt;
     const dying = all.slice(0, size);
     const idleRssMiB = dying.map((a) => procSample(a.child.pid!).rssKiB / 1024);
@@ -178,6 +185,8 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
     const count = (keys: string[]) => keys.reduce<Record<string, number>>((acc, key) => ({ ...acc, [key]: (acc[key] ?? 0) + 1 }), {});
     const states = count(ends.map((e) => e?.status.state ?? 'no final line'));
     const handOvers = count(ends.map((e) => e?.status.handOver?.outcome ?? 'alone from the start'));
+    // Why a follower drained alone, with the numbers taken out so that like reasons count together.
+    const whyAlone = count(ends.flatMap((e) => (e?.status.handOver?.outcome === 'drained-alone' ? [String(e.status.handOver.reason).replace(/\d+/g, 'N')] : [])));
     const callsBy: Record<string, number> = {};
     const throttledBy: Record<string, number> = {};
     for (const c of calls) {
@@ -194,6 +203,7 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
       lastDeregisterCallMs: max(calls.filter((c) => c.action.startsWith('Deregister') && !c.throttled).map((c) => c.at - t0)),
       states,
       handOvers,
+      whyAlone,
       calls: calls.length,
       throttled: calls.filter((c) => c.throttled).length,
       throttledBy,
@@ -205,7 +215,7 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
       startAllMs,
     };
     options.log(
-      `  every node out after ${seconds(max(outMs))} (median node ${seconds(median(outMs))}); ${wave.calls} calls, ${wave.throttled} throttled; states ${JSON.stringify(states)}; ${JSON.stringify(handOvers)}`,
+      `  every node out after ${seconds(max(outMs))} (median node ${seconds(median(outMs))}); ${wave.calls} calls, ${wave.throttled} throttled; states ${JSON.stringify(states)}; ${JSON.stringify(handOvers)}${Object.keys(whyAlone).length ? `; drained alone because ${JSON.stringify(whyAlone)}` : ''}`,
     );
     return wave;
   } finally {
@@ -252,7 +262,7 @@ function section(waves: Wave[], skipped: string[]): Section {
   const worst = ranked.at(-1);
   const headline = best && worst ? [`Spot waves against AWS-like rate limits: best ${describe(best)}${worst !== best ? `; worst ${describe(worst)}` : ''}`] : [];
   const body = [
-    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with the coordinator SIGKILLed the moment its first deregistration is accepted. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
+    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with the coordinator SIGKILLed the moment its first deregistration is accepted. All agents share this machine's ${availableParallelism()} cores (in a cluster each has its own node's), so with a coordinator the dying nodes' agents run at nice 10: otherwise a hundred of them waking at the notice starve the coordinator for seconds. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
     '',
     table(
       ['nodes', 'mode', 'every node out', 'per node: notice → out', 'last Deregister call accepted', 'AWS calls', 'throttled', 'calls per node', 'nodes not out by their deadline (105 s), so still registered when the instance dies at 120 s', 'drains', 'RSS per agent MiB: idle / peak (median), sum of peaks'],

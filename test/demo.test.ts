@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -51,4 +52,17 @@ test('the demo drains the node from the tagged load balancers only, says so, and
 
   // Nothing but the exit is left once the last line is out: the process ends by itself, at once.
   assert.match(run.stderr, /^timers left after the last line: 0$/m);
+
+  // The README shows what the demo prints: the same lines, whatever the times, dates, ids and counts.
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const sample = /prints a timeline:\n\n```\n([\s\S]*?)\n```/.exec(readme)?.[1];
+  assert.ok(sample, 'the README has a sample timeline after "prints a timeline:"');
+  assert.deepEqual(shape(sample.split('\n')), shape(lines.filter((line) => line !== '')), 'the README\'s sample timeline is not what the demo prints: paste a fresh run');
 });
+
+/** Timeline lines without their times, dates, ids and counts, sorted (drains of two families interleave either way). */
+function shape(lines: string[]): string[] {
+  return lines
+    .map((line) => line.replace(/^\+\s*[\d.]+s/, '+').replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, 'TIME').replace(/\d+/g, 'N'))
+    .sort();
+}
