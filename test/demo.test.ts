@@ -63,6 +63,12 @@ test('the demo drains the node from the tagged load balancers only, says so, and
 /** Timeline lines without their times, dates, ids and counts, sorted (drains of two families interleave either way). */
 function shape(lines: string[]): string[] {
   return lines
-    .map((line) => line.replace(/^\+\s*[\d.]+s/, '+').replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, 'TIME').replace(/\d+/g, 'N'))
+    .map((line) =>
+      line
+        .replace(/^\+\s*[\d.]+s/, '+')
+        .replace(/\d{4}-\d\d-\d\dT[\d:.]+Z/g, 'TIME')
+        .replace(/\b(i|vpc)-[0-9a-f]+/g, '$1-ID')
+        .replace(/\d+/g, 'N'),
+    )
     .sort();
 }
