@@ -428,7 +428,7 @@ class Agent implements AgentApi {
       coordinator,
       secret: this.config.secret!,
       peer: this.config.podName!,
-      stillCoordinating: () => coordination.coordinator()?.identity === coordinator.identity,
+      stillCoordinating: () => !coordination.replaced(coordinator),
       alone: drainer.alone,
       observer: this.metrics.drainObserver(),
       logger: this.logger.child({ component: 'hand-over' }),

@@ -94,6 +94,15 @@ export class Coordination {
     return { identity: leader.identity, endpoint };
   }
 
+  /**
+   * True once the Lease was seen naming someone else, or nobody (released). A Lease this agent cannot
+   * read does not count: whether the coordinator still serves is what its own answers say.
+   */
+  replaced(coordinator: Coordinator): boolean {
+    const holder = this.elector.lastSeenHolder();
+    return holder !== undefined && holder !== coordinator.identity;
+  }
+
   /** The Lease API, stopping the election at the first 403: without permission, retrying only fills the log. */
   private watchingForDenial(api: LeaseApi): LeaseApi {
     const guard = async <T>(call: () => Promise<T>): Promise<T> => {

@@ -27,18 +27,20 @@ export interface HandOverTiming {
   /**
    * The coordinator must have deregistered something (or finished) this soon after the hand-over, and
    * within a third of the time to the deadline, or this agent drains alone with the rest of the time.
+   * Not much less: a coordinator slowed by a wave is still the fastest way out, while followers giving
+   * up on it together spend the account's API budget it needs (measured: bench/RESULTS.md, 165 nodes).
    */
   readonly progressWaitMs: number;
 }
 
-export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 10_000 };
+export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000 };
 
 export interface HandOverOptions {
   readonly coordinator: Coordinator;
   readonly secret: string;
   /** This agent's pod name. */
   readonly peer: string;
-  /** False once the Lease no longer names this coordinator. */
+  /** False once the Lease names another holder, or none. */
   readonly stillCoordinating: () => boolean;
   /** Draining alone, when the coordinator cannot serve. */
   readonly alone: DrainRunner;

@@ -139,6 +139,11 @@ export class LeaderElector {
     return { identity, annotations: { ...this.observed.lease.metadata.annotations } };
   }
 
+  /** The holder on the Lease as last read, however long ago; '' when it was released. */
+  lastSeenHolder(): string | undefined {
+    return this.observed?.lease.spec.holderIdentity;
+  }
+
   isLeader(): boolean {
     return this.leading !== undefined;
   }
