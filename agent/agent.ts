@@ -210,8 +210,6 @@ class Agent implements AgentApi {
     this.logger.info({ instanceId: self.instanceId, watchingNode: nodeWatch !== undefined }, 'ready: watching IMDS for notices');
   }
 
-
-
   /**
    * The election, when this agent can take part: `whileLeading` runs when it starts coordinating and
    * returns what to do when that ends; `alone` when the election stopped for good.
