@@ -4,7 +4,7 @@
  * Every problem is collected and reported together, so a user fixes their manifest once, not once per
  * variable. Messages name the variable, the bad value (never the secret's) and what is accepted.
  */
-import { isIP } from 'node:net';
+import { ipFamily } from './drain/addresses.ts';
 import type { HookSetting } from './aws/lifecycle.ts';
 import type { LogLevel } from './log.ts';
 
@@ -126,7 +126,8 @@ class EnvReader {
 }
 
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d+$/;
-const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
+/** A VPC id as AWS writes it: the agent's VPCID and a peer's hand-over follow the same rule. */
+export const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 // Tag values allow more, but a cluster name is a DNS-ish label in every installer we know of.
 const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MIN_SECRET_LENGTH = 16;
@@ -202,7 +203,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     inventoryRefreshMs: read.seconds('INVENTORY_REFRESH', 1800, 0, 86_400),
     lifecycleHook: hookSetting(read),
     coordination: read.oneOf('COORDINATION', ['auto', 'off'] as const, 'auto'),
-    hostIp: read.matching('HOST_IP', { test: (text: string) => isIP(text) !== 0 }, 'an IPv4 or IPv6 address (the chart sets it from the downward API, status.hostIP)'),
+    hostIp: read.matching('HOST_IP', { test: (text: string) => ipFamily(text) !== undefined }, 'an IPv4 or IPv6 address (the chart sets it from the downward API, status.hostIP)'),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
   };

@@ -18,7 +18,7 @@ import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
 import { awsClients, CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
-import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
 const SECRET = 'e2e-Secret-7f3a9c1d5b2e8046';
@@ -109,18 +109,7 @@ async function json(answer: Response): Promise<any> {
 }
 
 /** GET /drain/<id> until its state is `state`. */
-async function statusBecomes(agent: AgentProcess, instanceId: string, state: DrainStatus['state'], timeoutMs = 15_000): Promise<DrainStatus> {
-  return eventually(
-    async () => {
-      const answer = await agent.fetch(`/drain/${instanceId}`, { headers: BEARER });
-      const body = answer.status === 200 ? ((await answer.json()) as DrainStatus) : undefined;
-      assert.equal(body?.state, state, `GET /drain/${instanceId}: ${answer.status} ${JSON.stringify(body)}`);
-      return body;
-    },
-    timeoutMs,
-    `drain of ${instanceId} ${state}`,
-  );
-}
+const statusBecomes = (agent: AgentProcess, instanceId: string, state: DrainStatus['state'], timeoutMs?: number) => drainBecomes(agent, SECRET, instanceId, state, timeoutMs);
 
 async function metrics(agent: AgentProcess): Promise<string> {
   const answer = await agent.fetch('/metrics');

@@ -16,11 +16,10 @@ import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube } from './fakes/kube.ts';
 import { CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
-import { eventually, killAllAgents, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { eventually, killAllAgents, spawnAgent, statusBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
 const SECRET = 'coordination-Secret-4b1d9e';
-const BEARER = { authorization: `Bearer ${SECRET}` };
 const NAMESPACE = 'kube-system';
 const LEASE = 'hasta-la-vista-coordinator';
 const SPOT = 'meta-data/spot/instance-action';
@@ -101,18 +100,7 @@ function spotNotice(m: Member): void {
   m.imds.set(SPOT, JSON.stringify({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z') }));
 }
 
-async function statusOf(agent: AgentProcess, instanceId: string, state: DrainStatus['state'], timeoutMs = 20_000): Promise<DrainStatus> {
-  return eventually(
-    async () => {
-      const answer = await agent.fetch(`/drain/${instanceId}`, { headers: BEARER });
-      const body = answer.status === 200 ? ((await answer.json()) as DrainStatus) : undefined;
-      assert.equal(body?.state, state, `GET /drain/${instanceId}: ${answer.status} ${JSON.stringify(body)}`);
-      return body;
-    },
-    timeoutMs,
-    `drain of ${instanceId} ${state}`,
-  );
-}
+const statusOf = (agent: AgentProcess, instanceId: string, state: DrainStatus['state']) => statusBecomes(agent, SECRET, instanceId, state, 20_000);
 
 before(async () => {
   moto = await startMoto();

@@ -13,9 +13,9 @@ import { KubeApiError } from '../kube/client.ts';
 import { LeaderElector } from './leader-election.ts';
 import type { Lease, LeaseApi } from './lease-api.ts';
 
-export const LEASE_NAME = 'hasta-la-vista-coordinator';
+const LEASE_NAME = 'hasta-la-vista-coordinator';
 /** On the Lease, written by its holder: `HOST_IP:PORT` of its API. */
-export const ENDPOINT_ANNOTATION = 'hasta-la-vista.io/endpoint';
+const ENDPOINT_ANNOTATION = 'hasta-la-vista.io/endpoint';
 
 /** client-go's defaults for controllers: a dead coordinator is replaced within about 15 s. */
 const LEASE_DURATION_MS = 15_000;
@@ -43,8 +43,6 @@ export interface CoordinationOptions {
   /** The election stopped for good (no permission on the Lease): this agent is on its own from now on. */
   onAlone: () => void;
   logger: Logger;
-  /** For tests: shorter timings (the election's rules are checked by the elector). */
-  timings?: { leaseDurationMs: number; renewDeadlineMs: number; retryPeriodMs: number };
 }
 
 export class Coordination {
@@ -53,13 +51,14 @@ export class Coordination {
 
   constructor(private readonly options: CoordinationOptions) {
     const endpoint = isIPv6(options.hostIp) ? `[${options.hostIp}]:${options.port}` : `${options.hostIp}:${options.port}`;
-    const timings = options.timings ?? { leaseDurationMs: LEASE_DURATION_MS, renewDeadlineMs: RENEW_DEADLINE_MS, retryPeriodMs: RETRY_PERIOD_MS };
     this.elector = new LeaderElector({
       api: this.watchingForDenial(options.leases),
       namespace: options.namespace,
       name: LEASE_NAME,
       identity: options.identity,
-      ...timings,
+      leaseDurationMs: LEASE_DURATION_MS,
+      renewDeadlineMs: RENEW_DEADLINE_MS,
+      retryPeriodMs: RETRY_PERIOD_MS,
       annotations: () => ({ [ENDPOINT_ANNOTATION]: endpoint }),
       mayLead: options.mayLead,
       callbacks: { onStartedLeading: options.onLeading },

@@ -32,6 +32,11 @@ export function instanceHoldsAddress(instance: Instance, address: string): boole
   return check(list, address);
 }
 
+/** True when `cidr` is an IPv4 or IPv6 prefix with a length its family allows ("10.0.1.16/28", "2600:1f18::/80"). */
+export function isCidr(cidr: string): boolean {
+  return addSubnet(new BlockList(), cidr);
+}
+
 function addSubnet(list: BlockList, cidr: string): boolean {
   const [base = '', bitsText = ''] = cidr.split('/');
   const family = ipFamily(base);

@@ -10,7 +10,8 @@ import type { DrainHandle } from '../drain/drainer.ts';
 import { TooManyDrainsError } from '../drain/drainer.ts';
 import type { Scope } from '../drain/family.ts';
 import { InstanceNotFoundError, type Instance, type InstanceRef } from '../drain/instance.ts';
-import { ipFamily } from '../drain/addresses.ts';
+import { ipFamily, isCidr } from '../drain/addresses.ts';
+import { VPC_ID } from '../config.ts';
 import { isFinished, type DrainStatus } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
@@ -380,16 +381,15 @@ function peerOf(req: IncomingMessage, query: URLSearchParams, body: Buffer): Pee
     return value as string[];
   };
   const address = (text: string) => ipFamily(text) !== undefined;
-  const prefix = (text: string) => /^[^/]+\/\d{1,3}$/.test(text) && address(text.split('/')[0]!);
   const vpcId = described?.vpcId;
-  if (typeof vpcId !== 'string' || !/^vpc-[0-9a-f]{8,17}$/.test(vpcId)) throw new HttpError(400, `the hand-over's instance.vpcId is not a VPC id: ${fix}`);
+  if (typeof vpcId !== 'string' || !VPC_ID.test(vpcId)) throw new HttpError(400, `the hand-over's instance.vpcId is not a VPC id: ${fix}`);
   const instance: Instance = {
     id,
     vpcId,
     privateIps: list('privateIps', address),
-    ipv4Prefixes: list('ipv4Prefixes', prefix),
+    ipv4Prefixes: list('ipv4Prefixes', isCidr),
     ipv6Addresses: list('ipv6Addresses', address),
-    ipv6Prefixes: list('ipv6Prefixes', prefix),
+    ipv6Prefixes: list('ipv6Prefixes', isCidr),
     tags: {},
   };
   return { name, instance };

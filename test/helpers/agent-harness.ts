@@ -2,8 +2,10 @@
  * Runs the BUILT agent (`node dist/main.js`) as a long-lived child process against the fakes, and
  * gives tests what a user has: its HTTP API, its output, its exit code.
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { DrainStatus } from '../../agent/drain/status.ts';
 import { MAIN, cleanEnv } from './run.ts';
 
 export interface AgentProcess {
@@ -118,6 +120,20 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false> | T
     }
     await sleep(100);
   }
+}
+
+/** GET /drain/<id> (with the secret) until the drain's state is `state`; its status then. */
+export async function statusBecomes(agent: AgentProcess, secret: string, instanceId: string, state: DrainStatus['state'], timeoutMs = 15_000): Promise<DrainStatus> {
+  return eventually(
+    async () => {
+      const answer = await agent.fetch(`/drain/${instanceId}`, { headers: { authorization: `Bearer ${secret}` } });
+      const body = answer.status === 200 ? ((await answer.json()) as DrainStatus) : undefined;
+      assert.equal(body?.state, state, `GET /drain/${instanceId}: ${answer.status} ${JSON.stringify(body)}`);
+      return body;
+    },
+    timeoutMs,
+    `drain of ${instanceId} ${state}`,
+  );
 }
 
 /** Waits for /readyz 200; fails early, with the agent's output, if it exits first. */
