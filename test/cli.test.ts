@@ -366,7 +366,7 @@ describe('helpText', () => {
   }
 
   for (const name of ['AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_<SERVICE>', 'AWS_EC2_METADATA_SERVICE_ENDPOINT', 'AWS_EC2_METADATA_V1_DISABLED', 'KUBECONFIG']) {
-    it(`mentions ${name}, which DESIGN.md says is honoured`, () => {
+    it(`mentions ${name}, which ARCHITECTURE.md says is honoured`, () => {
       assert.ok(help.includes(name), `${name} is not in --help`);
     });
   }
