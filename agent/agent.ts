@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from './aws/errors.ts';
 import { drainHeldByHook, type LifecycleHolder } from './aws/lifecycle.ts';
 import type { TaggedInventory } from './aws/inventory.ts';
-import { createAwsProvider } from './aws/provider.ts';
+import { createAwsProvider, PlacementError } from './aws/provider.ts';
 import { describeConfig, type Config } from './config.ts';
 import type { DrainHandle, DrainRunner } from './drain/drainer.ts';
 import { Drainer } from './drain/drainer.ts';
@@ -39,8 +39,8 @@ import { Metrics } from './metrics.ts';
 import { imdsFor, resolvePlacement, type Resolved } from './placement.ts';
 import { LocalServices } from './services/local-services.ts';
 
-/** Start-up tries IMDS and AWS this many times (about a minute) before giving up with the reason. */
-const START_ATTEMPTS = 12;
+/** Start-up retries IMDS and AWS at least this often while they fail: a fixed cause is noticed within this time. */
+const START_RETRY_CAP_MS = 30_000;
 /** Kept back from the pod's grace period, to close the server and exit before SIGKILL. */
 const EXIT_MARGIN_MS = 3_000;
 /** Pods' addresses come with the interfaces the VPC CNI attaches: read them again this often between drains. */
@@ -132,7 +132,7 @@ class Agent implements AgentApi {
   // ---- start-up
 
   private async start(): Promise<void> {
-    const resolved = await this.withRetries('resolve placement', () => resolvePlacement(this.config, this.imds, this.logger));
+    const resolved = await this.untilDone('resolve placement', () => resolvePlacement(this.config, { client: this.imds, for: 'self' }, this.logger));
     const self = resolved.self!;
     this.metrics.countAwsCalls(resolved.clients.calls);
     this.metrics.countDrainsInFlight(() => this.running?.drainer.running() ?? 0);
@@ -260,16 +260,26 @@ class Agent implements AgentApi {
     });
   }
 
-  private async withRetries<T>(what: string, work: () => Promise<T>): Promise<T> {
+  /**
+   * Tries until it works or the agent stops. A DaemonSet pod that exits on an unreachable IMDS or a missing
+   * permission crash-loops, and CrashLoopBackOff hides the cause; a pod that keeps trying says the cause in
+   * its log (once each time it changes) and in /readyz, and starts as soon as someone fixes it.
+   */
+  private async untilDone<T>(what: string, work: () => Promise<T>): Promise<T> {
+    let lastCause: string | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
-        return await work();
+        const result = await work();
+        this.stop.signal.throwIfAborted();
+        if (lastCause !== undefined) this.logger.info({ attempts: attempt + 1 }, `${what}: done after ${attempt} failed attempts`);
+        return result;
       } catch (error) {
-        const message = errorMessage(error);
-        this.notReadyBecause = `${what}: ${message}`;
-        if (attempt + 1 >= START_ATTEMPTS || this.stop.signal.aborted) throw error;
-        this.logger.warn({ attempt, err: error }, `${what} failed; retrying`);
-        await backoff(attempt, this.stop.signal, 1_000, 10_000).catch(() => undefined);
+        if (this.stop.signal.aborted) throw error;
+        const cause = error instanceof PlacementError ? error.message : errorMessage(error);
+        this.notReadyBecause = `${what}: ${cause}`;
+        if (cause !== lastCause) this.logger.error({ attempt }, `${what} failed; retrying with backoff until it works: ${cause}`);
+        lastCause = cause;
+        await backoff(attempt, this.stop.signal, 1_000, START_RETRY_CAP_MS);
       }
     }
   }
@@ -574,6 +584,8 @@ class Agent implements AgentApi {
         }
       }
       await running.drainer.abortAll();
+    } else {
+      this.logger.warn({ signal, notReadyBecause: this.notReadyBecause }, `${signal} before start-up finished: this instance is not known yet, so nothing was drained`);
     }
     await released;
     await this.close(server);

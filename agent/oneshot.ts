@@ -127,9 +127,11 @@ export async function runOneShot(command: DrainCommand, config: Config, logger: 
   process.once('SIGINT', interrupt).once('SIGTERM', interrupt);
   let clients: AwsClients | undefined;
   try {
-    const needsImds = 'self' in command.target || config.region === undefined || config.vpcId === undefined || config.clusterName === undefined;
+    const forSelf = 'self' in command.target;
+    const needsImds = forSelf || config.region === undefined || config.vpcId === undefined || config.clusterName === undefined;
     const imds = needsImds ? imdsFor(config, logger) : undefined;
-    const resolved = await resolvePlacement(config, imds, logger).finally(() => imds?.close());
+    const use = imds && ({ client: imds, for: forSelf ? 'self' : 'placement' } as const);
+    const resolved = await resolvePlacement(config, use, logger).finally(() => imds?.close());
     clients = resolved.clients;
     const target = 'self' in command.target ? { id: resolved.self!.instanceId } : command.target;
     if ('id' in target) known = { ...known, instanceId: target.id };

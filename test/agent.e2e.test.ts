@@ -83,6 +83,13 @@ function imdsDate(ms: number): string {
 }
 
 async function startAgent(extra: Record<string, string> = {}): Promise<AgentProcess> {
+  const agent = await spawnWith(extra);
+  await waitReady(agent);
+  return agent;
+}
+
+/** The agent as startAgent runs it, without waiting for it to be ready. */
+async function spawnWith(extra: Record<string, string>): Promise<AgentProcess> {
   const agent = spawnAgent(await freePort(), {
     AWS_ENDPOINT_URL: proxy.url,
     AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url,
@@ -95,7 +102,6 @@ async function startAgent(extra: Record<string, string> = {}): Promise<AgentProc
     ...extra,
   });
   started.push(agent);
-  await waitReady(agent);
   return agent;
 }
 
@@ -450,6 +456,45 @@ describe('IMDS trouble', () => {
     assert.equal(status.trigger, 'spot-interruption');
     await assertLeftExactly(selfInScope(world));
   }
+
+  test('hop limit 1 at start-up, AWS_REGION, VPCID and CLUSTERNAME set: not ready with the real cause said once, alive, no exit; fixed, it starts and catches the next notice', async () => {
+    imds.hopLimitDrop = true;
+    const agent = await spawnWith({ AWS_REGION: REGION, VPCID: world.clusterVpc, CLUSTERNAME: CLUSTER });
+    const identityReads = () => imds.count('latest/meta-data/instance-id');
+    await eventually(() => identityReads() >= 4, 30_000, 'start-up retried several times');
+
+    const ready = await agent.fetch('/readyz');
+    assert.equal(ready.status, 503);
+    const { reason } = (await json(ready)) as { reason: string };
+    assert.match(reason, /^resolve placement: IMDS did not answer/);
+    assert.match(reason, /hop limit is 1/);
+    assert.match(reason, /--http-put-response-hop-limit 2/);
+    assert.match(reason, /hostNetwork/);
+    assert.doesNotMatch(reason, /AWS_REGION|VPCID|CLUSTERNAME/, 'the configuration cannot replace IMDS: not suggested');
+    assert.equal((await agent.fetch('/healthz')).status, 200, 'alive: the liveness probe does not restart it');
+    assert.ok(agent.alive(), 'still running');
+
+    const failures = agent.logs().filter((line) => /^resolve placement failed/.test(line.msg));
+    assert.equal(failures.length, 1, `the cause logged once while it stays the same: ${JSON.stringify(failures)}`);
+    assert.equal(failures[0]!.level, 'error');
+    assert.ok(failures[0]!.msg.includes(reason.replace('resolve placement: ', '')), 'the log says what /readyz says');
+    assert.ok(!agent.stderr().includes('    at '), 'no stack traces for a cause the message explains');
+
+    imds.hopLimitDrop = false;
+    await waitReady(agent, 90_000);
+    assert.ok(agent.logs().some((line) => /^resolve placement: done after \d+ failed attempts/.test(line.msg)), 'the recovery logged');
+    await catchesNextSpotNotice(agent);
+  });
+
+  test('SIGTERM while start-up waits for IMDS: exits 0, saying nothing was drained', async () => {
+    imds.hopLimitDrop = true;
+    const agent = await spawnWith({});
+    await eventually(() => agent.logs().some((line) => /^resolve placement failed/.test(line.msg)), 20_000, 'start-up failing');
+    agent.child.kill('SIGTERM');
+    const { code } = await exitWithin(agent, 10_000);
+    assert.equal(code, 0);
+    assert.ok(agent.logs().some((line) => /SIGTERM before start-up finished: .*nothing was drained/.test(line.msg)));
+  });
 
   test('token revoked mid-run: a new token is fetched and the next notice is caught', async () => {
     const agent = await startAgent();

@@ -200,6 +200,23 @@ describe('hasta-la-vista drain against moto', () => {
       }
     });
 
+    test('--self without IMDS, AWS_REGION, VPCID and CLUSTERNAME set: exit 2, the error says the instance needs IMDS, not to set them', async () => {
+      process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = `http://127.0.0.1:${await freePort()}`;
+      try {
+        const command = parseCommand(['drain', '--self']) as DrainCommand;
+        const stdout = new Sink();
+        const config = loadConfig({ AWS_REGION: REGION, VPCID: world.clusterVpc, CLUSTERNAME: CLUSTER }, 'oneshot');
+        const code = await runOneShot(command, config, createLogger('error', humanReadable(new Sink())), new ResultWriter(stdout));
+        const result = JSON.parse(stdout.text) as OneShotResult;
+        assert.equal(code, ExitCode.usage);
+        assert.equal(result.error?.code, 'config');
+        assert.match(String(result.error?.message), /^IMDS did not answer \(.+\): this instance's id and addresses come only from IMDS/);
+        assert.doesNotMatch(String(result.error?.message), /set AWS_REGION|outside EC2/);
+      } finally {
+        delete process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
+      }
+    });
+
     test('--asg without ASG_LIFECYCLE_HOOK: exit 2, error usage naming the fix, before any AWS call', async () => {
       for (const env of [{}, { ASG_LIFECYCLE_HOOK: 'off' }] as Record<string, string>[]) {
         const { code, result, stderr } = await drain(['--id', world.node.id, '--asg'], env);
