@@ -8,11 +8,11 @@
  * while time is left, has not deregistered anything in time, or steps down before it has.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { request } from 'undici';
 import { errorMessage } from '../aws/errors.ts';
 import type { DrainObserver } from '../drain/drain.ts';
 import type { DrainRunner } from '../drain/drainer.ts';
 import { isFinished, type DrainStatus, type HandOverStatus } from '../drain/status.ts';
+import { readText, send } from '../http/request.ts';
 import { PEER_HEADER } from '../http/server.ts';
 import type { Logger } from '../log.ts';
 import type { Coordinator } from './coordination.ts';
@@ -57,15 +57,17 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
   const base = `http://${coordinator.endpoint}`;
 
   const ask = async (method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> => {
-    const answer = await request(`${base}${path}`, {
+    const signal = AbortSignal.timeout(timing.answerMs);
+    const answer = await send({
       method,
+      url: `${base}${path}`,
       headers: { authorization: `Bearer ${secret}`, [PEER_HEADER]: peer, ...(payload ? { 'content-type': 'application/json' } : {}) },
       body: payload ? JSON.stringify(payload) : undefined,
-      signal: AbortSignal.timeout(timing.answerMs),
+      signal,
     });
-    const body = (await answer.body.json().catch(() => undefined)) as (DrainStatus & { error?: string }) | undefined;
-    if ((answer.statusCode === 200 || answer.statusCode === 202) && body?.instanceId) return body;
-    throw new CoordinatorError(`answered ${answer.statusCode}${body?.error ? `: ${body.error}` : ''}`);
+    const body = parseJson(await readText(answer.body, signal)) as (DrainStatus & { error?: string }) | undefined;
+    if ((answer.status === 200 || answer.status === 202) && body?.instanceId) return body;
+    throw new CoordinatorError(`answered ${answer.status}${body?.error ? `: ${body.error}` : ''}`);
   };
 
   return async (instance, drainOptions, status, signal) => {
@@ -141,4 +143,13 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       }
     }
   };
+}
+
+/** An answer that is not JSON (a proxy's error page) carries no status: `undefined`, so the caller says what it got. */
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
 }

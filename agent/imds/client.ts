@@ -1,5 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { Agent, request } from 'undici';
+import type { Agent } from 'node:http';
+import { agentFor, readText, send } from '../http/request.ts';
 import type { Logger } from '../log.ts';
 
 /** A read-only IMDS client: IMDSv2 tokens handled inside, callers just ask for paths. */
@@ -82,7 +83,7 @@ async function required(imds: ImdsClient, path: string): Promise<string> {
 }
 
 export function createImdsClient(opts: ImdsClientOptions): ImdsClient {
-  return new UndiciImdsClient(opts);
+  return new HttpImdsClient(opts);
 }
 
 const TOKEN_PATH = '/latest/api/token';
@@ -97,8 +98,8 @@ const TOKEN_RETRY_MAX_MS = 120_000;
 /** Statuses with which IMDS says "no IMDSv2 here", as the AWS SDK treats them. */
 const NO_V2_STATUSES = new Set([403, 404, 405]);
 /** A connection closed before any answer: the request may have arrived, its answer did not. */
-const DROPPED_CODES = new Set(['UND_ERR_SOCKET', 'ECONNRESET']);
-const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+/** A connection closed before or during the answer (`socket hang up`, `aborted`). */
+const DROPPED_CODES = new Set(['ECONNRESET']);
 
 /** `noAnswer`: timed out or dropped, the way a lost answer looks, as opposed to a refused connection. */
 type Outcome = { status: number; body: string } | { error: Error; timedOut: boolean; noAnswer: boolean };
@@ -107,7 +108,7 @@ type TokenFailure = Exclude<Outcome, { body: string }> | { status: number };
 
 type TokenOutcome = { kind: 'token'; value: string } | { kind: 'v1' } | { kind: 'failed'; failure: TokenFailure };
 
-class UndiciImdsClient implements ImdsClient {
+class HttpImdsClient implements ImdsClient {
   private readonly base: string;
   private readonly v1Fallback: boolean;
   private readonly timeoutMs: number;
@@ -135,12 +136,7 @@ class UndiciImdsClient implements ImdsClient {
     this.tokenTtlSeconds = opts.tokenTtlSeconds ?? 21600;
     this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
-    this.agent = new Agent({
-      connectTimeout: this.timeoutMs,
-      headersTimeout: this.timeoutMs,
-      bodyTimeout: this.timeoutMs,
-      keepAliveTimeout: 5000,
-    });
+    this.agent = agentFor(this.base);
   }
 
   async get(rawPath: string): Promise<string | undefined> {
@@ -162,7 +158,7 @@ class UndiciImdsClient implements ImdsClient {
   async close(): Promise<void> {
     this.closed = true;
     // Shutting down must not wait on a metadata service that does not answer.
-    await this.agent.destroy();
+    this.agent.destroy();
   }
 
   private interpret(path: string, outcome: Outcome): string | undefined {
@@ -289,15 +285,11 @@ class UndiciImdsClient implements ImdsClient {
 
   private async attempt(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<Outcome> {
     try {
-      const res = await request(new URL(path, this.base), {
-        method,
-        headers,
-        dispatcher: this.agent,
-        // The agent's timeouts cover each phase; this bounds the whole attempt.
-        signal: AbortSignal.timeout(this.timeoutMs),
-      });
+      // One bound for the whole attempt: connecting, the answer's headers and its body.
+      const signal = AbortSignal.timeout(this.timeoutMs);
+      const res = await send({ method, url: new URL(path, this.base), headers, agent: this.agent, signal });
       // Always read the body, so the connection can be reused; decisions are on the status only.
-      return { status: res.statusCode, body: await res.body.text() };
+      return { status: res.status, body: await readText(res.body, signal) };
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       const timedOut = isTimeout(error);
@@ -329,5 +321,5 @@ function errorCode(err: Error): string | undefined {
 }
 
 function isTimeout(err: Error): boolean {
-  return err.name === 'TimeoutError' || TIMEOUT_CODES.has(errorCode(err) ?? '');
+  return err.name === 'TimeoutError';
 }

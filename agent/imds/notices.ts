@@ -168,7 +168,8 @@ export class NoticesWatcher {
     for (const notice of byKey.values()) if (notice.sticky) this.stickySeen.set(notice.key, notice);
     for (const [key, notice] of this.stickySeen) if (!byKey.has(key)) byKey.set(key, notice);
     for (const key of this.timeSeen.keys()) if (!byKey.has(key)) this.timeSeen.delete(key);
-    return [...byKey.values()].sort((a, b) => a.key.localeCompare(b.key));
+    // By code unit, not localeCompare: the keys are ASCII, and the first collation loads ICU data (3 MiB).
+    return [...byKey.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   private report(active: readonly Notice[]): void {

@@ -1,13 +1,13 @@
 /**
  * The few Kubernetes API calls the agent makes (own pod, own node, a node label patch, events),
- * made directly on undici instead of through @kubernetes/client-node, which is far too heavy for an
+ * made directly on node:http(s) instead of through @kubernetes/client-node, which is far too heavy for an
  * agent that runs on every node.
  *
  * Calls are short (default 5 s) and never retried here: the agent's Kubernetes work is a side show
  * to deregistration, and the caller knows whether a failure matters. Every failure is a KubeApiError
  * that says what was attempted and, where the fix is known (RBAC, credentials), what to do.
  */
-import { Agent, request } from 'undici';
+import { agentFor, readText, send } from '../http/request.ts';
 import type { Logger } from '../log.ts';
 import type { KubeAccess } from './config.ts';
 import type { Lease, LeaseApi } from '../coordinator/lease-api.ts';
@@ -153,8 +153,7 @@ interface Call {
 export function createKubeClient(access: KubeAccess, opts: { logger: Logger; timeoutMs?: number }): KubeClient {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_KUBE_TIMEOUT_MS;
   const logger = opts.logger;
-  // TLS options are ignored by undici for a plain-http server, as tests use.
-  const dispatcher = new Agent({ connect: { ...access.tls } });
+  const agent = agentFor(access.server, access.tls);
 
   async function call(action: Action, { method, path, body, contentType }: Call): Promise<unknown> {
     const sent = { ...headers(), ...(body !== undefined ? { 'content-type': contentType ?? 'application/json' } : {}) };
@@ -164,15 +163,9 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
     let status: number;
     let text: string;
     try {
-      const res = await request(access.server + path, {
-        dispatcher,
-        method,
-        headers: sent,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal,
-      });
-      status = res.statusCode;
-      text = await res.body.text();
+      const res = await send({ method, url: access.server + path, headers: sent, body: body === undefined ? undefined : JSON.stringify(body), signal, agent });
+      status = res.status;
+      text = await readText(res.body, signal);
     } catch (err) {
       throw transportError(action, access.server, timeoutMs, signal.aborted, err);
     }
@@ -240,8 +233,8 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
       const aborted = AbortSignal.any([signal, silent.signal]);
       let last = resourceVersion;
       try {
-        const res = await request(access.server + path, { dispatcher, method, headers: headers(), signal: aborted });
-        if (res.statusCode < 200 || res.statusCode >= 300) throw statusError(action, access.source, res.statusCode, await res.body.text());
+        const res = await send({ method, url: access.server + path, headers: headers(), signal: aborted, agent });
+        if (res.status < 200 || res.status >= 300) throw statusError(action, access.source, res.status, await readText(res.body, aborted));
         onOpen();
         // Decoded as a stream: a character split across two chunks stays whole.
         res.body.setEncoding('utf8');
@@ -293,7 +286,7 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
       },
     },
 
-    close: () => dispatcher.close(),
+    close: async () => agent.destroy(),
   };
 
   function headers(): Record<string, string> {
