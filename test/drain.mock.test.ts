@@ -56,7 +56,7 @@ import { GetResourcesCommand, ResourceGroupsTaggingAPIClient, type GetResourcesC
 import { mockClient } from 'aws-sdk-client-mock';
 import { CallLog } from '../agent/aws/call-log.ts';
 import { ClassicFamily } from '../agent/aws/classic.ts';
-import { createAwsClients } from '../agent/aws/clients.ts';
+import { createAwsClients, type AwsClients } from '../agent/aws/clients.ts';
 import { Ec2InstanceLookup } from '../agent/aws/instances.ts';
 import { TaggedInventory } from '../agent/aws/inventory.ts';
 import { TargetGroupFamily } from '../agent/aws/target-groups.ts';
@@ -450,13 +450,8 @@ interface Agent {
   readonly lookup: Ec2InstanceLookup;
 }
 
-interface Clients {
-  /** Loaded when first needed, as the agent's clients are. */
-  readonly ec2: () => Promise<EC2Client>;
-  readonly elb: ElasticLoadBalancingClient;
-  readonly elbv2: ElasticLoadBalancingV2Client;
-  readonly tagging: ResourceGroupsTaggingAPIClient;
-}
+/** Each loaded when first needed, as the agent's clients are. */
+type Clients = Pick<AwsClients, 'ec2' | 'elb' | 'elbv2' | 'tagging'>;
 
 /** Every agent a test built: a drain a failed test left running is ended, so the file never hangs. */
 const agents: Agent[] = [];
@@ -477,12 +472,10 @@ function wire(clients: Clients, calls: CallLog): Agent {
 function mockedAgent(world: FakeAws): Agent {
   const config = { region: REGION, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } };
   const ec2Client = new EC2Client(config);
-  const clients: Clients = {
-    ec2: async () => ec2Client,
-    elb: new ElasticLoadBalancingClient(config),
-    elbv2: new ElasticLoadBalancingV2Client(config),
-    tagging: new ResourceGroupsTaggingAPIClient(config),
-  };
+  const elbClient = new ElasticLoadBalancingClient(config);
+  const elbv2Client = new ElasticLoadBalancingV2Client(config);
+  const taggingClient = new ResourceGroupsTaggingAPIClient(config);
+  const clients: Clients = { ec2: async () => ec2Client, elb: async () => elbClient, elbv2: async () => elbv2Client, tagging: async () => taggingClient };
   const fake = (action: string) => (input: Answer) => world.answer(action, input);
 
   // Anything the fake does not answer is a test failure, not a silent undefined (set first: later rules win).
@@ -491,20 +484,20 @@ function mockedAgent(world: FakeAws): Agent {
   ec2.onAnyCommand().rejects(unexpected);
   ec2.on(DescribeInstancesCommand).callsFake(fake('ec2:DescribeInstances'));
   ec2.on(DescribeNetworkInterfacesCommand).callsFake(fake('ec2:DescribeNetworkInterfaces'));
-  const elb = mockClient(clients.elb);
+  const elb = mockClient(elbClient);
   elb.onAnyCommand().rejects(unexpected);
   elb.on(DescribeClassicCommand).callsFake(fake('elb:DescribeLoadBalancers'));
   elb.on(DescribeClassicTagsCommand).callsFake(fake('elb:DescribeTags'));
   elb.on(DeregisterInstancesFromLoadBalancerCommand).callsFake(fake('elb:DeregisterInstancesFromLoadBalancer'));
   elb.on(DescribeInstanceHealthCommand).callsFake(fake('elb:DescribeInstanceHealth'));
-  const elbv2 = mockClient(clients.elbv2);
+  const elbv2 = mockClient(elbv2Client);
   elbv2.onAnyCommand().rejects(unexpected);
   elbv2.on(DescribeLoadBalancersCommand).callsFake(fake('elbv2:DescribeLoadBalancers'));
   elbv2.on(DescribeTargetGroupsCommand).callsFake(fake('elbv2:DescribeTargetGroups'));
   elbv2.on(DescribeTagsCommand).callsFake(fake('elbv2:DescribeTags'));
   elbv2.on(DescribeTargetHealthCommand).callsFake(fake('elbv2:DescribeTargetHealth'));
   elbv2.on(DeregisterTargetsCommand).callsFake(fake('elbv2:DeregisterTargets'));
-  const tagging = mockClient(clients.tagging);
+  const tagging = mockClient(taggingClient);
   tagging.onAnyCommand().rejects(unexpected);
   tagging.on(GetResourcesCommand).callsFake(fake('tagging:GetResources'));
 
@@ -1073,9 +1066,9 @@ describe('awsCalls in the drain status', () => {
     try {
       for (const [service, client] of [
         ['ec2', await clients.ec2()],
-        ['elb', clients.elb],
-        ['elbv2', clients.elbv2],
-        ['tagging', clients.tagging],
+        ['elb', await clients.elb()],
+        ['elbv2', await clients.elbv2()],
+        ['tagging', await clients.tagging()],
       ] as const) {
         (client.middlewareStack as unknown as ShortCircuitStack).add(
           (_next, context) => async (args) => ({

@@ -1,5 +1,11 @@
 /**
- * The Auto Scaling client, only ever imported dynamically, so the build puts it in a chunk of its own,
- * loaded when a lifecycle hook is first looked up.
+ * The part of the Auto Scaling SDK the agent uses. Only ever imported dynamically, like every AWS SDK
+ * module (see clients.ts): loaded when a lifecycle hook is first looked up.
  */
-export { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
+export {
+  AutoScalingClient,
+  CompleteLifecycleActionCommand,
+  DescribeAutoScalingInstancesCommand,
+  DescribeLifecycleHooksCommand,
+  RecordLifecycleActionHeartbeatCommand,
+} from '@aws-sdk/client-auto-scaling';

@@ -7,15 +7,8 @@
  * Drains running together share their calls (see coalescer.ts): one DeregisterInstancesFromLoadBalancer
  * and one DescribeInstanceHealth per load balancer carry every drain's instance within the window.
  */
-import {
-  RegisterInstancesWithLoadBalancerCommand,
-  DescribeInstanceHealthCommand,
-  DescribeLoadBalancersCommand,
-  DeregisterInstancesFromLoadBalancerCommand,
-  type ElasticLoadBalancingClient,
-  type InstanceState,
-  type LoadBalancerDescription,
-} from '@aws-sdk/client-elastic-load-balancing';
+import type { ElasticLoadBalancingClient, InstanceState, LoadBalancerDescription } from '@aws-sdk/client-elastic-load-balancing';
+import type { LazyClient } from './clients.ts';
 import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
@@ -36,6 +29,8 @@ const GONE = new Set(['LoadBalancerNotFound', 'AccessPointNotFoundException', 'I
 const NAMES_PER_CALL = 20;
 /** AWS documents no per-call limit for the instance lists; calls of this size stay well within request limits. */
 const INSTANCES_PER_CALL = 100;
+/** The commands, from the module the client was loaded with (AwsClients.elb): by the first call, already loaded. */
+const elbSdk = () => import('./elb-sdk.ts');
 
 export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   readonly name = 'classic';
@@ -45,7 +40,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   private readonly descriptions: Coalescer<string, LoadBalancerDescription>;
 
   constructor(
-    private readonly elb: ElasticLoadBalancingClient,
+    private readonly elb: LazyClient<ElasticLoadBalancingClient>,
     private readonly inventory: InventorySource,
     private readonly logger: Logger,
     batchWindowMs = BATCH_WINDOW_MS,
@@ -57,7 +52,8 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
       await describeSurvivors(
         instances,
         async (batch) => {
-          await this.elb.send(new DeregisterInstancesFromLoadBalancerCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal });
+          const { DeregisterInstancesFromLoadBalancerCommand } = await elbSdk();
+          await (await this.elb()).send(new DeregisterInstancesFromLoadBalancerCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal });
           return [];
         },
         (error) => GONE.has(errorCode(error) ?? ''),
@@ -67,16 +63,21 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     this.health = batched(INSTANCES_PER_CALL, (name, instances, signal) =>
       describeSurvivors(
         instances,
-        async (batch) =>
-          (await this.elb.send(new DescribeInstanceHealthCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal }))
-            .InstanceStates ?? [],
+        async (batch) => {
+          const { DescribeInstanceHealthCommand } = await elbSdk();
+          const answer = await (await this.elb()).send(new DescribeInstanceHealthCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal });
+          return answer.InstanceStates ?? [];
+        },
         (error) => errorCode(error) === 'InvalidInstance' || errorCode(error) === 'InvalidEndPointException',
       ),
     );
     this.descriptions = batched(NAMES_PER_CALL, (_key, names, signal) =>
       describeSurvivors(
         names,
-        async (batch) => (await this.elb.send(new DescribeLoadBalancersCommand({ LoadBalancerNames: batch }), { abortSignal: signal })).LoadBalancerDescriptions ?? [],
+        async (batch) => {
+          const { DescribeLoadBalancersCommand } = await elbSdk();
+          return (await (await this.elb()).send(new DescribeLoadBalancersCommand({ LoadBalancerNames: batch }), { abortSignal: signal })).LoadBalancerDescriptions ?? [];
+        },
         (error) => GONE.has(errorCode(error) ?? ''),
       ),
     );
@@ -123,7 +124,8 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   }
 
   async register(membership: ClassicMembership, ctx: CallContext): Promise<void> {
-    await this.elb.send(
+    const { RegisterInstancesWithLoadBalancerCommand } = await elbSdk();
+    await (await this.elb()).send(
       new RegisterInstancesWithLoadBalancerCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
       { abortSignal: ctx.signal },
     );

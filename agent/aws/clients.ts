@@ -8,26 +8,27 @@
  * throttled drain took seconds instead of a fraction of one, measured): the drainer retries across its whole
  * deadline itself, and every call it makes carries an abort signal, so no retry runs past the deadline.
  *
- * The EC2 and Auto Scaling clients are loaded on first use (the build puts each in a chunk of its own):
- * EC2 is by far the largest module of the bundle, and an agent waiting for a notice calls neither.
+ * Every client is loaded on first use, with its SDK module (`<service>-sdk.ts`, each a chunk of its own in
+ * the build): an agent waiting for a notice calls AWS not at all, and the SDK's modules, evaluated, are
+ * about 8 MiB of its resident memory (bench/RESULTS.md, table 3). Modules that send commands import them
+ * from the same `<service>-sdk.ts` when they first send one, by which time it is loaded.
  */
 import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
 import type { EC2Client } from '@aws-sdk/client-ec2';
-import { ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
-import { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
-import { ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
-import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { ElasticLoadBalancingClient } from '@aws-sdk/client-elastic-load-balancing';
+import type { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
 import { CallLog } from './call-log.ts';
 
+/** Loads and creates the client on the first call; every call answers the same client. */
+export type LazyClient<T> = () => Promise<T>;
+
 export interface AwsClients {
-  /** Loads and creates the client on the first call; every call answers the same client. */
-  readonly ec2: () => Promise<EC2Client>;
-  readonly elb: ElasticLoadBalancingClient;
-  readonly elbv2: ElasticLoadBalancingV2Client;
-  readonly tagging: ResourceGroupsTaggingAPIClient;
-  /** Loads and creates the client on the first call; every call answers the same client. */
-  readonly autoscaling: () => Promise<AutoScalingClient>;
+  readonly ec2: LazyClient<EC2Client>;
+  readonly elb: LazyClient<ElasticLoadBalancingClient>;
+  readonly elbv2: LazyClient<ElasticLoadBalancingV2Client>;
+  readonly tagging: LazyClient<ResourceGroupsTaggingAPIClient>;
+  readonly autoscaling: LazyClient<AutoScalingClient>;
   /** Counts every call by action, overall and per drain. */
   readonly calls: CallLog;
   /** Destroys every client created so far (a lazy one that was never asked for is never loaded). */
@@ -47,14 +48,9 @@ interface CountableStack {
 
 export function createAwsClients(region: string): AwsClients {
   const calls = new CallLog();
-  const common = {
-    region,
-    credentials: fromNodeProviderChain(),
-    retryMode: 'standard',
-    maxAttempts: 3,
-    // throwOnRequestTimeout: without it this handler only warns (on the console) and keeps waiting.
-    requestHandler: new NodeHttpHandler({ connectionTimeout: 3_000, requestTimeout: 10_000, throwOnRequestTimeout: true }),
-  } as const;
+  // One credential chain and one connection pool for all clients, made with the first.
+  let shared: ReturnType<typeof clientConfig> | undefined;
+  const common = () => (shared ??= clientConfig(region));
 
   const created: SdkClient[] = [];
   const counted = <T extends SdkClient>(client: T): T => {
@@ -63,7 +59,7 @@ export function createAwsClients(region: string): AwsClients {
     return client;
   };
   /** The client `load` makes, made once, on the first call (a failed load is tried again on the next). */
-  const lazy = <T extends SdkClient>(load: () => Promise<T>): (() => Promise<T>) => {
+  const lazy = <T extends SdkClient>(load: () => Promise<T>): LazyClient<T> => {
     let client: Promise<T> | undefined;
     return () =>
       (client ??= load().then(counted, (error: unknown) => {
@@ -73,16 +69,28 @@ export function createAwsClients(region: string): AwsClients {
   };
 
   return {
-    ec2: lazy(async () => new (await import('./ec2-sdk.ts')).EC2Client(common)),
-    elb: counted(new ElasticLoadBalancingClient(common)),
-    elbv2: counted(new ElasticLoadBalancingV2Client(common)),
-    tagging: counted(new ResourceGroupsTaggingAPIClient(common)),
-    autoscaling: lazy(async () => new (await import('./autoscaling-sdk.ts')).AutoScalingClient(common)),
+    ec2: lazy(async () => new (await import('./ec2-sdk.ts')).EC2Client(await common())),
+    elb: lazy(async () => new (await import('./elb-sdk.ts')).ElasticLoadBalancingClient(await common())),
+    elbv2: lazy(async () => new (await import('./elbv2-sdk.ts')).ElasticLoadBalancingV2Client(await common())),
+    tagging: lazy(async () => new (await import('./tagging-sdk.ts')).ResourceGroupsTaggingAPIClient(await common())),
+    autoscaling: lazy(async () => new (await import('./autoscaling-sdk.ts')).AutoScalingClient(await common())),
     calls,
     destroy() {
       for (const client of created) client.destroy();
     },
   };
+}
+
+async function clientConfig(region: string) {
+  const { fromNodeProviderChain, NodeHttpHandler } = await import('./common-sdk.ts');
+  return {
+    region,
+    credentials: fromNodeProviderChain(),
+    retryMode: 'standard',
+    maxAttempts: 3,
+    // throwOnRequestTimeout: without it this handler only warns (on the console) and keeps waiting.
+    requestHandler: new NodeHttpHandler({ connectionTimeout: 3_000, requestTimeout: 10_000, throwOnRequestTimeout: true }),
+  } as const;
 }
 
 function countCalls(client: SdkClient, calls: CallLog): void {

@@ -10,20 +10,8 @@
  * for the tagging API that a whole spot wave is calling at the same moment, and still asks for a fresh
  * one to catch load balancers created since.
  */
-import {
-  DescribeTagsCommand as DescribeClassicTagsCommand,
-  paginateDescribeLoadBalancers as paginateClassicLoadBalancers,
-  type ElasticLoadBalancingClient,
-} from '@aws-sdk/client-elastic-load-balancing';
-import {
-  DescribeTagsCommand,
-  DescribeTargetGroupsCommand,
-  paginateDescribeLoadBalancers,
-  paginateDescribeTargetGroups,
-  type ElasticLoadBalancingV2Client,
-  type TargetGroup,
-} from '@aws-sdk/client-elastic-load-balancing-v2';
-import { GetResourcesCommand, type ResourceGroupsTaggingAPIClient } from '@aws-sdk/client-resource-groups-tagging-api';
+import type { TargetGroup } from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { AwsClients } from './clients.ts';
 import { allOrPartial, type DiscoveryContext, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
 import { chunks, describeSurvivors } from './batches.ts';
@@ -61,6 +49,10 @@ export interface InventorySource {
 /** The DescribeTags limit of both ELB APIs. */
 export const DESCRIBE_TAGS_LIMIT = 20;
 const RESOURCE_TYPES = ['elasticloadbalancing:loadbalancer', 'elasticloadbalancing:targetgroup'];
+// The commands, from the modules the clients were loaded with (AwsClients): by the first call, already loaded.
+const taggingSdk = () => import('./tagging-sdk.ts');
+const elbSdk = () => import('./elb-sdk.ts');
+const elbv2Sdk = () => import('./elbv2-sdk.ts');
 
 export class TaggedInventory implements InventorySource {
   private inFlight: Promise<Inventory> | undefined;
@@ -70,11 +62,7 @@ export class TaggedInventory implements InventorySource {
   private refreshing: { stopped: boolean } | undefined;
 
   constructor(
-    private readonly clients: {
-      readonly tagging: ResourceGroupsTaggingAPIClient;
-      readonly elb: ElasticLoadBalancingClient;
-      readonly elbv2: ElasticLoadBalancingV2Client;
-    },
+    private readonly clients: Pick<AwsClients, 'tagging' | 'elb' | 'elbv2'>,
     private readonly clusterName: string,
     private readonly logger: Logger,
   ) {}
@@ -143,6 +131,7 @@ export class TaggedInventory implements InventorySource {
 
   private async fromTaggingApi(signal: AbortSignal): Promise<Tagged> {
     const found = new Map<string, Tags>();
+    const [tagging, { GetResourcesCommand }] = await Promise.all([this.clients.tagging(), taggingSdk()]);
     await Promise.all(
       clusterTagFilters(this.clusterName).map(async (filter) => {
         const TagFilters = [{ Key: filter.key, Values: filter.value === undefined ? undefined : [filter.value] }];
@@ -150,7 +139,7 @@ export class TaggedInventory implements InventorySource {
         do {
           // One page at a time, each retried by itself: a throttled page never sends the listing back to its first page.
           const page = await whileThrottled(
-            () => this.clients.tagging.send(new GetResourcesCommand({ ResourceTypeFilters: RESOURCE_TYPES, TagFilters, ResourcesPerPage: 100, PaginationToken: token }), { abortSignal: signal }),
+            () => tagging.send(new GetResourcesCommand({ ResourceTypeFilters: RESOURCE_TYPES, TagFilters, ResourcesPerPage: 100, PaginationToken: token }), { abortSignal: signal }),
             signal,
           );
           for (const resource of page.ResourceTagMappingList ?? []) {
@@ -166,17 +155,23 @@ export class TaggedInventory implements InventorySource {
   private async byDescribingEverything(signal: AbortSignal): Promise<Tagged> {
     const found = new Map<string, Tags>();
     const [classicNames, elbv2Arns] = await Promise.all([this.allClassicNames(signal), this.allElbv2Arns(signal)]);
+    const [elb, elbv2, { DescribeTagsCommand: DescribeClassicTagsCommand }, { DescribeTagsCommand }] = await Promise.all([
+      this.clients.elb(),
+      this.clients.elbv2(),
+      elbSdk(),
+      elbv2Sdk(),
+    ]);
 
     await Promise.all([
       ...chunks(classicNames, DESCRIBE_TAGS_LIMIT).map(async (names) => {
-        const answer = await this.clients.elb.send(new DescribeClassicTagsCommand({ LoadBalancerNames: names }), { abortSignal: signal });
+        const answer = await elb.send(new DescribeClassicTagsCommand({ LoadBalancerNames: names }), { abortSignal: signal });
         for (const description of answer.TagDescriptions ?? []) {
           const tags = tagsFromList(description.Tags);
           if (description.LoadBalancerName && inCluster(tags, this.clusterName)) found.set(classicArn(description.LoadBalancerName), tags);
         }
       }),
       ...chunks(elbv2Arns, DESCRIBE_TAGS_LIMIT).map(async (arns) => {
-        const answer = await this.clients.elbv2.send(new DescribeTagsCommand({ ResourceArns: arns }), { abortSignal: signal });
+        const answer = await elbv2.send(new DescribeTagsCommand({ ResourceArns: arns }), { abortSignal: signal });
         for (const description of answer.TagDescriptions ?? []) {
           const tags = tagsFromList(description.Tags);
           if (description.ResourceArn && inCluster(tags, this.clusterName)) found.set(description.ResourceArn, tags);
@@ -199,11 +194,12 @@ export class TaggedInventory implements InventorySource {
 
   private async groupsOfLoadBalancer(loadBalancerArn: string, signal: AbortSignal): Promise<TargetGroup[]> {
     const groups: TargetGroup[] = [];
+    const [elbv2, { DescribeTargetGroupsCommand }] = await Promise.all([this.clients.elbv2(), elbv2Sdk()]);
     try {
       let marker: string | undefined;
       do {
         const page = await whileThrottled(
-          () => this.clients.elbv2.send(new DescribeTargetGroupsCommand({ LoadBalancerArn: loadBalancerArn, PageSize: 400, Marker: marker }), { abortSignal: signal }),
+          () => elbv2.send(new DescribeTargetGroupsCommand({ LoadBalancerArn: loadBalancerArn, PageSize: 400, Marker: marker }), { abortSignal: signal }),
           signal,
         );
         groups.push(...(page.TargetGroups ?? []));
@@ -216,18 +212,20 @@ export class TaggedInventory implements InventorySource {
     return groups;
   }
 
-  private groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
+  private async groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
+    const [elbv2, { DescribeTargetGroupsCommand }] = await Promise.all([this.clients.elbv2(), elbv2Sdk()]);
     return describeSurvivors(
       arns,
-      async (batch) => (await whileThrottled(() => this.clients.elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: batch }), { abortSignal: signal }), signal)).TargetGroups ?? [],
+      async (batch) => (await whileThrottled(() => elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: batch }), { abortSignal: signal }), signal)).TargetGroups ?? [],
       (error) => TARGET_GROUP_GONE.has(errorCode(error) ?? ''),
     );
   }
 
   private async allClassicNames(signal: AbortSignal): Promise<string[]> {
     const names: string[] = [];
+    const [client, { paginateDescribeLoadBalancers }] = await Promise.all([this.clients.elb(), elbSdk()]);
     // PageSize goes in the input: the paginator's pageSize is not passed on by this API's paginator.
-    for await (const page of paginateClassicLoadBalancers({ client: this.clients.elb }, { PageSize: 400 }, { abortSignal: signal })) {
+    for await (const page of paginateDescribeLoadBalancers({ client }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const lb of page.LoadBalancerDescriptions ?? []) if (lb.LoadBalancerName) names.push(lb.LoadBalancerName);
     }
@@ -236,11 +234,12 @@ export class TaggedInventory implements InventorySource {
 
   private async allElbv2Arns(signal: AbortSignal): Promise<string[]> {
     const arns: string[] = [];
-    for await (const page of paginateDescribeLoadBalancers({ client: this.clients.elbv2 }, { PageSize: 400 }, { abortSignal: signal })) {
+    const [client, { paginateDescribeLoadBalancers, paginateDescribeTargetGroups }] = await Promise.all([this.clients.elbv2(), elbv2Sdk()]);
+    for await (const page of paginateDescribeLoadBalancers({ client }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const lb of page.LoadBalancers ?? []) if (lb.LoadBalancerArn) arns.push(lb.LoadBalancerArn);
     }
-    for await (const page of paginateDescribeTargetGroups({ client: this.clients.elbv2 }, { PageSize: 400 }, { abortSignal: signal })) {
+    for await (const page of paginateDescribeTargetGroups({ client }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const group of page.TargetGroups ?? []) if (group.TargetGroupArn) arns.push(group.TargetGroupArn);
     }

@@ -8,13 +8,7 @@
  * else: EKS managed node groups carry EKS's own Terminate-LC-Hook, which keeps the instance while EKS
  * evicts its pods under their PodDisruptionBudgets, and completing it would cut that eviction short.
  */
-import {
-  CompleteLifecycleActionCommand,
-  DescribeAutoScalingInstancesCommand,
-  DescribeLifecycleHooksCommand,
-  RecordLifecycleActionHeartbeatCommand,
-  type AutoScalingClient,
-} from '@aws-sdk/client-auto-scaling';
+import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DrainHandle } from '../drain/drainer.ts';
 import type { Instance } from '../drain/instance.ts';
@@ -33,6 +27,8 @@ export interface HookTarget {
 
 export const GROUP_TAG = 'aws:autoscaling:groupName';
 const TERMINATING = 'autoscaling:EC2_INSTANCE_TERMINATING';
+/** The commands, from the module the client was loaded with (AwsClients.autoscaling): by the first call, already loaded. */
+const autoscalingSdk = () => import('./autoscaling-sdk.ts');
 /** What Auto Scaling answers when no action waits (already completed, or the hook belongs to someone who finished). */
 const NO_ACTIVE_ACTION = /no active lifecycle action/i;
 
@@ -56,6 +52,7 @@ export class LifecycleHolder {
       this.logger.info({ instanceId: instance.id }, 'the instance is in no Auto Scaling group: there is no lifecycle hook to hold');
       return undefined;
     }
+    const { DescribeLifecycleHooksCommand } = await autoscalingSdk();
     const answer = await autoscaling.send(new DescribeLifecycleHooksCommand({ AutoScalingGroupName: group, LifecycleHookNames: [name] }), { abortSignal: signal });
     const hook = (answer.LifecycleHooks ?? []).find((candidate) => candidate.LifecycleHookName === name);
     const log = this.logger.child({ instanceId: instance.id, group, hook: name });
@@ -79,6 +76,7 @@ export class LifecycleHolder {
    * without them); undefined when it is in none.
    */
   private async groupOf(autoscaling: AutoScalingClient, instanceId: string, signal: AbortSignal): Promise<string | undefined> {
+    const { DescribeAutoScalingInstancesCommand } = await autoscalingSdk();
     const answer = await autoscaling.send(new DescribeAutoScalingInstancesCommand({ InstanceIds: [instanceId] }), { abortSignal: signal });
     return answer.AutoScalingInstances?.find((candidate) => candidate.InstanceId === instanceId)?.AutoScalingGroupName;
   }
@@ -101,6 +99,7 @@ export class LifecycleHolder {
 
     const params = { AutoScalingGroupName: target.group, LifecycleHookName: target.hook, InstanceId: instanceId, LifecycleActionResult: 'CONTINUE' };
     try {
+      const { CompleteLifecycleActionCommand } = await autoscalingSdk();
       await autoscaling.send(new CompleteLifecycleActionCommand(params), { abortSignal: AbortSignal.timeout(10_000) });
       status.outcome = 'completed';
       log.info({ drainState: drain.state, heartbeats: status.heartbeats }, 'lifecycle action completed: CONTINUE');
@@ -135,6 +134,7 @@ export class LifecycleHolder {
         return; // the drain finished
       }
       try {
+        const { RecordLifecycleActionHeartbeatCommand } = await autoscalingSdk();
         await autoscaling.send(
           new RecordLifecycleActionHeartbeatCommand({ AutoScalingGroupName: target.group, LifecycleHookName: target.hook, InstanceId: instanceId }),
           { abortSignal: AbortSignal.timeout(Math.min(intervalMs, 10_000)) },

@@ -9,15 +9,8 @@
  * answers every drain's discovery and "out yet?" within the window, and one DeregisterTargets carries
  * every drain's targets of the group.
  */
-import {
-  RegisterTargetsCommand,
-  DeregisterTargetsCommand,
-  DescribeTargetHealthCommand,
-  type ElasticLoadBalancingV2Client,
-  type TargetDescription,
-  type TargetGroup,
-  type TargetHealthDescription,
-} from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { ElasticLoadBalancingV2Client, TargetDescription, TargetGroup, TargetHealthDescription } from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { LazyClient } from './clients.ts';
 import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
@@ -43,6 +36,8 @@ const TARGET_ABSENT = 'InvalidTarget';
 const SERVING_STATES = new Set(['initial', 'healthy', 'unhealthy', 'unhealthy.draining', 'unavailable']);
 /** AWS documents no per-call limit for DeregisterTargets; calls of this size stay well within request limits. */
 const TARGETS_PER_CALL = 100;
+/** The commands, from the module the client was loaded with (AwsClients.elbv2): by the first call, already loaded. */
+const elbv2Sdk = () => import('./elbv2-sdk.ts');
 
 export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembership> {
   readonly name = 'target-group';
@@ -52,13 +47,15 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   private readonly deregistrations: Coalescer<TargetDescription, never>;
 
   constructor(
-    private readonly elbv2: ElasticLoadBalancingV2Client,
+    private readonly elbv2: LazyClient<ElasticLoadBalancingV2Client>,
     private readonly inventory: InventorySource,
     private readonly logger: Logger,
     batchWindowMs = BATCH_WINDOW_MS,
   ) {
-    const describe = async (arn: string, targets: TargetDescription[] | undefined, signal: AbortSignal) =>
-      (await this.elbv2.send(new DescribeTargetHealthCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal })).TargetHealthDescriptions ?? [];
+    const describe = async (arn: string, targets: TargetDescription[] | undefined, signal: AbortSignal) => {
+      const { DescribeTargetHealthCommand } = await elbv2Sdk();
+      return (await (await this.elbv2()).send(new DescribeTargetHealthCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal })).TargetHealthDescriptions ?? [];
+    };
     this.health = new Coalescer({
       windowMs: batchWindowMs,
       maxItems: TARGETS_PER_CALL,
@@ -108,7 +105,8 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   /** One call for all; an emulator's InvalidTarget for one absent target would fail the rest, so then one by one. */
   private async deregisterEach(arn: string, targets: TargetDescription[], signal: AbortSignal): Promise<void> {
     try {
-      await this.elbv2.send(new DeregisterTargetsCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal });
+      const { DeregisterTargetsCommand } = await elbv2Sdk();
+      await (await this.elbv2()).send(new DeregisterTargetsCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal });
     } catch (error) {
       if (errorCode(error) !== TARGET_ABSENT) throw error;
       if (targets.length > 1) await Promise.all(targets.map((target) => this.deregisterEach(arn, [target], signal)));
@@ -136,7 +134,8 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   }
 
   async register(membership: TargetGroupMembership, ctx: CallContext): Promise<void> {
-    await this.elbv2.send(new RegisterTargetsCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }), { abortSignal: ctx.signal });
+    const { RegisterTargetsCommand } = await elbv2Sdk();
+    await (await this.elbv2()).send(new RegisterTargetsCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }), { abortSignal: ctx.signal });
   }
 
   fromSummary(summary: Readonly<Record<string, unknown>>, instance: Instance): TargetGroupMembership | undefined {
