@@ -15,7 +15,7 @@ import { closeAllEndpoints } from './lib/aws.ts';
 import { comparison } from './comparison.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { regionBench } from './region.ts';
-import { idleBench, startupBench, steadySection } from './steady.ts';
+import { footprintBench, idleBench, startupBench, steadySection } from './steady.ts';
 import { waveBench, waveSection } from './wave.ts';
 
 // This process seeds moto with the AWS SDK; its note about Node versions says nothing about the numbers.
@@ -55,15 +55,16 @@ if (process.argv.includes('--render')) {
 const startupResults = wanted('steady') ? await startupBench(options) : undefined;
 // The idle agent is measured while the region benchmark runs (it would otherwise add minutes of
 // waiting): its AWS calls, IMDS requests and CPU time are its own, counted per process and per fake.
-const [idle, region] = await Promise.all([
+const [idle, footprints, region] = await Promise.all([
   wanted('steady') ? idleBench(options) : undefined,
+  wanted('steady') ? footprintBench(options) : undefined,
   wanted('latency') || wanted('calls') ? regionBench(options) : [],
 ]);
 sections.push(...region);
 if (startupResults && idle) {
   sections.push(
     steadySection(
-      { startups: startupResults, idle },
+      { startups: startupResults, idle, ...footprints },
       'The idle windows ran at the same time as the benchmarks of tables 1 and 2 (other agents and moto busy on the same 2 cores): the counts are per process and per fake, so they are unaffected, and the CPU time is this process\'s own, though a busy machine can make it a little higher.',
     ),
   );

@@ -65,6 +65,10 @@ export interface ProcSample {
   /** User plus system CPU time so far, ms. */
   readonly cpuMs: number;
   readonly rssKiB: number;
+  /** Of the RSS: anonymous memory (heaps, stacks), the process's own. */
+  readonly rssAnonKiB: number;
+  /** Of the RSS: pages of mapped files, mostly the node binary itself, shared by every process that runs it. */
+  readonly rssFileKiB: number;
 }
 
 /** CPU time and RSS of a process, from /proc/<pid>/stat and /proc/<pid>/status. */
@@ -75,8 +79,8 @@ export function procSample(pid: number): ProcSample {
   const utime = Number(fields[11]);
   const stime = Number(fields[12]);
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rss = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
-  return { at: Date.now(), cpuMs: ((utime + stime) / ticksPerSecond()) * 1000, rssKiB: rss };
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
+  return { at: Date.now(), cpuMs: ((utime + stime) / ticksPerSecond()) * 1000, rssKiB: kib('VmRSS'), rssAnonKiB: kib('RssAnon'), rssFileKiB: kib('RssFile') };
 }
 
 /** The spot notice exactly as IMDS serves it. */

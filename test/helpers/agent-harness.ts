@@ -27,8 +27,9 @@ export interface AgentProcess {
 
 const running = new Set<AgentProcess>();
 
-export function spawnAgent(port: number, env: Record<string, string>): AgentProcess {
-  const child = spawn(process.execPath, [MAIN], { env: cleanEnv({ PORT: String(port), ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
+/** `node`: the runtime to run it on (benchmarks compare Node versions); this process's by default. */
+export function spawnAgent(port: number, env: Record<string, string>, node = process.execPath): AgentProcess {
+  const child = spawn(node, [MAIN], { env: cleanEnv({ PORT: String(port), ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
