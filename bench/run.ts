@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { killAllAgents } from '../test/helpers/agent-harness.ts';
 import { apiBench } from './api.ts';
+import { idleClusterBench, idleClusterSection } from './idle-cluster.ts';
 import { closeAllEndpoints } from './lib/aws.ts';
 import { comparison } from './comparison.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
@@ -46,7 +47,8 @@ if (!existsSync(join(root, 'dist/main.js'))) {
 const sections: Section[] = [];
 if (process.argv.includes('--render')) {
   const saved = JSON.parse(readFileSync(join(root, 'bench/results.json'), 'utf8')) as { date: string; sections: Section[] };
-  const again = saved.sections.map((s) => (s.id === 'wave' ? waveSection(s.raw as Parameters<typeof waveSection>[0]) : s));
+  const rerender: Record<string, (raw: never) => Section> = { wave: waveSection, 'idle-cluster': idleClusterSection };
+  const again = saved.sections.map((s) => rerender[s.id]?.(s.raw as never) ?? s);
   writeFileSync(join(root, 'bench/RESULTS.md'), render(again, Number(/in ([\d.]+) minutes/.exec(readFileSync(join(root, 'bench/RESULTS.md'), 'utf8'))?.[1] ?? 0) * 60, undefined, saved.date));
   writeFileSync(join(root, 'bench/results.json'), JSON.stringify({ ...saved, sections: again }, null, 1) + '\n');
   log('re-rendered bench/RESULTS.md from bench/results.json');
@@ -70,6 +72,7 @@ if (startupResults && idle) {
   );
 }
 if (wanted('wave')) sections.push(...(await waveBench(options)));
+if (wanted('idle-cluster')) sections.push(...(await idleClusterBench(options)));
 if (wanted('api')) sections.push(...(await apiBench(options)));
 sections.sort((a, b) => order(a.id) - order(b.id));
 
@@ -94,7 +97,7 @@ for (const section of sections) for (const line of section.headline) console.log
 process.exit(0);
 
 function order(id: string): number {
-  return ['latency', 'calls', 'steady', 'wave', 'api'].indexOf(id);
+  return ['latency', 'calls', 'steady', 'wave', 'api', 'idle-cluster'].indexOf(id);
 }
 
 function machine(): Record<string, string> {

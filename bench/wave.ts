@@ -5,19 +5,13 @@
  * coordinate. Every fake IMDS starts serving a spot notice within the same second (a two-minute
  * warning, as AWS gives).
  */
-import { mkdtempSync } from 'node:fs';
-import { availableParallelism, freemem, setPriority, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { availableParallelism, freemem } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startFakeImds, type FakeImds } from '../test/fakes/imds.ts';
-import { makeNode, makePod, startFakeKube } from '../test/fakes/kube.ts';
-import { freePort } from '../test/helpers/moto.ts';
-import { waitReady } from '../test/helpers/agent-harness.ts';
-import { events, isDrainEnd, procSample, SECRET, spawnAgent, spotNotice, stopAgent, type AgentProcess, type LogEvent } from './lib/agent.ts';
-
+import { events, isDrainEnd, procSample, spotNotice, type LogEvent } from './lib/agent.ts';
+import { launchCluster } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { max, median, mmm, num, seconds, sum, table } from './lib/stats.ts';
-import { pool, REGION, registerNodes, seedClients, seedCluster, startEndpoint, TokenBuckets, type Cluster, type Endpoint, type LimiterSpec, type SeedClients } from './lib/aws.ts';
+import { seedClients, seedCluster, startEndpoint, TokenBuckets, type Cluster, type Endpoint, type LimiterSpec, type SeedClients } from './lib/aws.ts';
 
 /** AWS's documented buckets where there are any (ELB and EC2 non-mutating), the issue's assumptions where not. */
 export const AWS_LIKE_LIMITS: LimiterSpec = {
@@ -103,50 +97,10 @@ export async function waveBench(options: BenchOptions): Promise<Section[]> {
 
 async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, plan: Plan, options: BenchOptions): Promise<Wave> {
   const size = plan.nodes;
-  const coordinated = plan.mode !== 'alone';
-  // The coordinator's node is the one after the dying ones; it gets no notice.
-  const nodes = cluster.nodes.slice(0, size + (coordinated ? 1 : 0));
-  await registerNodes(aws, cluster, nodes);
-  const kube = coordinated ? await startFakeKube({ token: 'bench-kube-token' }) : undefined;
-  const kubeconfig = kube?.writeKubeconfig(join(mkdtempSync(join(tmpdir(), 'hlv-wave-')), 'kubeconfig'));
-  const names = nodes.map((_node, i) => ({ node: `ip-bench-${i}.ec2.internal`, pod: `hasta-la-vista-${String(i).padStart(5, '0')}` }));
-  for (const [i, node] of nodes.entries()) {
-    kube?.setNode(makeNode(names[i]!.node, { providerID: `aws:///us-east-1a/${node.id}` }));
-    kube?.setPod(makePod('kube-system', names[i]!.pod, { nodeName: names[i]!.node }));
-  }
-  const imdses: FakeImds[] = await Promise.all(nodes.map((node) => startFakeImds({ instanceId: node.id, region: REGION, vpcId: cluster.vpcId, privateIp: node.ip })));
-  const ports = await Promise.all(nodes.map(() => freePort()));
-  const all: AgentProcess[] = [];
-  const spawn = (i: number) => {
-    const agent = spawnAgent(ports[i]!, {
-      AWS_ENDPOINT_URL: endpoint.proxy.url,
-      AWS_EC2_METADATA_SERVICE_ENDPOINT: imdses[i]!.url,
-      SECRET,
-      LOGLEVEL: 'info',
-      ...(kube ? { KUBECONFIG: kubeconfig!, NODE_NAME: names[i]!.node, POD_NAME: names[i]!.pod, POD_NAMESPACE: 'kube-system', HOST_IP: '127.0.0.1' } : {}),
-    });
-    all[i] = agent;
-    return agent;
-  };
   const label = `wave of ${size} (${plan.mode}${plan.limits === AWS_LIKE_LIMITS ? '' : ', tagging 40 +10/s'})`;
+  const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.mode !== 'alone' });
+  const { nodes: dying, imdses, startAllMs } = running;
   try {
-    const startedAt = Date.now();
-    if (kube) {
-      // The coordinator first, so it is the one holding the Lease.
-      await waitReady(spawn(size), 60_000);
-      const holder = () => kube.lease('kube-system', 'hasta-la-vista-coordinator')?.spec?.holderIdentity;
-      while (holder() !== names[size]!.pod) await sleep(100);
-    }
-    // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out. Here all
-    // the agents share this machine's few cores, where in a cluster each has its own node's: the dying
-    // ones run at a lower priority so that the coordinator is not starved by a hundred others at the notice.
-    await pool(nodes.slice(0, size), 6, async (_node, i) => {
-      const agent = spawn(i);
-      if (coordinated) setPriority(agent.child.pid!, 10);
-      await waitReady(agent, 60_000);
-    });
-    const startAllMs = Date.now() - startedAt;
-    const dying = all.slice(0, size);
     const idleRssMiB = dying.map((a) => procSample(a.child.pid!).rssKiB / 1024);
     options.log(`${label}: all agents ready in ${seconds(startAllMs)}, idle RSS ${num(median(idleRssMiB))} MiB each (sum ${num(sum(idleRssMiB))} MiB)`);
     await sleep(3_000); // let the buckets be full and every agent be in its steady poll
@@ -156,7 +110,7 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
     const offsets = dying.map((a) => a.stderr().length);
     const noticeAt: number[] = [];
     const t0 = Date.now();
-    for (const [i, imds] of imdses.slice(0, size).entries()) {
+    for (const [i, imds] of imdses.entries()) {
       imds.set('meta-data/spot/instance-action', spotNotice(NOTICE_MS));
       noticeAt[i] = Date.now();
     }
@@ -169,7 +123,7 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
     while (ends.some((e) => e === undefined) && Date.now() < until) {
       await sleep(killed ? 250 : 10);
       if (!killed && endpoint.stamps.slice(mark).some((c) => c.action.startsWith('Deregister') && !c.throttled)) {
-        all[size]!.child.kill('SIGKILL');
+        running.coordinator!.child.kill('SIGKILL');
         killed = true;
         options.log(`  coordinator killed ${seconds(Date.now() - t0)} after the notices, as its first deregistration went out`);
       }
@@ -220,9 +174,7 @@ async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, p
     return wave;
   } finally {
     endpoint.setLimiter(undefined);
-    await Promise.all(all.filter(Boolean).map(stopAgent));
-    await Promise.all(imdses.map((imds) => imds.close()));
-    await kube?.close();
+    await running.stop();
   }
 }
 

@@ -224,7 +224,7 @@ describe('chart: default values', () => {
 
   it('requests little and limits memory, but not CPU (a drain must not be throttled)', () => {
     // sized from bench/RESULTS.md: idle RSS about 118 MiB, 0.6 % of a core
-    assert.deepEqual(container.resources, { requests: { cpu: '10m', memory: '128Mi' }, limits: { memory: '256Mi' } });
+    assert.deepEqual(container.resources, { requests: { cpu: '10m', memory: '96Mi' }, limits: { memory: '256Mi' } });
   });
 
   it('passes node, pod name and namespace from the downward API', () => {

@@ -1,0 +1,84 @@
+/**
+ * A cluster of agent processes, one per node (each the built dist/main.js with its own fake IMDS and its
+ * own instance), optionally sharing one fake Kubernetes API (Lease, Nodes, Pods) so that they coordinate:
+ * then one more agent, on a node of its own that no test gives a notice, starts first and holds the Lease.
+ */
+import { mkdtempSync } from 'node:fs';
+import { setPriority, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startFakeImds, type FakeImds } from '../../test/fakes/imds.ts';
+import { makeNode, makePod, startFakeKube, type FakeKube } from '../../test/fakes/kube.ts';
+import { freePort } from '../../test/helpers/moto.ts';
+import { waitReady } from '../../test/helpers/agent-harness.ts';
+import { SECRET, spawnAgent, stopAgent, type AgentProcess } from './agent.ts';
+import { pool, REGION, registerNodes, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
+
+export const NAMESPACE = 'kube-system';
+export const LEASE = 'hasta-la-vista-coordinator';
+
+export interface RunningCluster {
+  /** The agents of the nodes that may get notices, in node order. */
+  readonly nodes: readonly AgentProcess[];
+  readonly imdses: readonly FakeImds[];
+  /** With a fake Kubernetes API only. */
+  readonly coordinator?: AgentProcess;
+  readonly kube?: FakeKube;
+  /** From the first spawn until every agent was ready. */
+  readonly startAllMs: number;
+  stop(): Promise<void>;
+}
+
+/** `size` nodes' agents, ready; with `coordinated`, the Lease held by the extra node's agent first. */
+export async function launchCluster(
+  endpoint: Endpoint,
+  aws: SeedClients,
+  cluster: Cluster,
+  { size, coordinated, env = {} }: { size: number; coordinated: boolean; env?: Record<string, string> },
+): Promise<RunningCluster> {
+  const nodes = cluster.nodes.slice(0, size + (coordinated ? 1 : 0));
+  await registerNodes(aws, cluster, nodes);
+  const kube = coordinated ? await startFakeKube({ token: 'bench-kube-token' }) : undefined;
+  const kubeconfig = kube?.writeKubeconfig(join(mkdtempSync(join(tmpdir(), 'hlv-cluster-')), 'kubeconfig'));
+  const names = nodes.map((_node, i) => ({ node: `ip-bench-${i}.ec2.internal`, pod: `hasta-la-vista-${String(i).padStart(5, '0')}` }));
+  for (const [i, node] of nodes.entries()) {
+    kube?.setNode(makeNode(names[i]!.node, { providerID: `aws:///us-east-1a/${node.id}` }));
+    kube?.setPod(makePod(NAMESPACE, names[i]!.pod, { nodeName: names[i]!.node }));
+  }
+  const imdses = await Promise.all(nodes.map((node) => startFakeImds({ instanceId: node.id, region: REGION, vpcId: cluster.vpcId, privateIp: node.ip })));
+  const ports = await Promise.all(nodes.map(() => freePort()));
+  const all: AgentProcess[] = [];
+  const spawn = (i: number) =>
+    (all[i] = spawnAgent(ports[i]!, {
+      AWS_ENDPOINT_URL: endpoint.proxy.url,
+      AWS_EC2_METADATA_SERVICE_ENDPOINT: imdses[i]!.url,
+      SECRET,
+      LOGLEVEL: 'info',
+      ...(kube ? { KUBECONFIG: kubeconfig!, NODE_NAME: names[i]!.node, POD_NAME: names[i]!.pod, POD_NAMESPACE: NAMESPACE, HOST_IP: '127.0.0.1' } : {}),
+      ...env,
+    }));
+  const stop = async () => {
+    await Promise.all(all.filter(Boolean).map(stopAgent));
+    await Promise.all(imdses.map((imds) => imds.close()));
+    await kube?.close();
+  };
+  try {
+    const startedAt = Date.now();
+    if (kube) {
+      await waitReady(spawn(size), 60_000);
+      while (kube.lease(NAMESPACE, LEASE)?.spec?.holderIdentity !== names[size]!.pod) await sleep(100);
+    }
+    // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out. Here all
+    // the agents share this machine's few cores, where in a cluster each has its own node's: with a
+    // coordinator, the others run at a lower priority so that it is not starved by a hundred of them.
+    await pool(nodes.slice(0, size), 6, async (_node, i) => {
+      const agent = spawn(i);
+      if (coordinated) setPriority(agent.child.pid!, 10);
+      await waitReady(agent, 60_000);
+    });
+    return { nodes: all.slice(0, size), imdses: imdses.slice(0, size), coordinator: kube ? all[size] : undefined, kube, startAllMs: Date.now() - startedAt, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
