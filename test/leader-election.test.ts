@@ -116,6 +116,8 @@ function keyOf(lease: Lease): string {
 /** `fail`: every call is refused at once (API server down, or this node cut off); `hang`: calls get no answer until recover(). */
 class FakeClient implements LeaseApi {
   down: false | 'fail' | 'hang' = false;
+  /** Lease reads this agent made. */
+  reads = 0;
   private hung: ((error: Error) => void)[] = [];
 
   constructor(
@@ -124,6 +126,7 @@ class FakeClient implements LeaseApi {
   ) {}
 
   get(namespace: string, name: string) {
+    this.reads++;
     return this.answer(() => this.leases.get(`${namespace}/${name}`));
   }
 
@@ -164,7 +167,10 @@ class World {
   readonly leases = new FakeLeases();
   readonly agents: Agent[] = [];
 
-  constructor(count: number, options: { mayLead?: boolean } = {}) {
+  constructor(
+    count: number,
+    private readonly options: { mayLead?: boolean; followerRetryPeriodMs?: number } = {},
+  ) {
     for (let i = 0; i < count; i++) this.agents.push(this.agent(`agent-${i}`, `10.0.0.${i + 1}:9100`, options.mayLead ?? true));
   }
 
@@ -217,6 +223,7 @@ class World {
       leaseDurationMs: LEASE_MS,
       renewDeadlineMs: RENEW_DEADLINE_MS,
       retryPeriodMs: RETRY_MS,
+      followerRetryPeriodMs: this.options.followerRetryPeriodMs,
       annotations: () => ({ [ENDPOINT]: endpoint }),
       mayLead: () => agent.mayLead,
       callbacks: {
@@ -238,7 +245,7 @@ class World {
 const count = (events: string[], event: string) => events.filter((e) => e === event).length;
 
 let world: World | undefined;
-function newWorld(agents: number, options?: { mayLead?: boolean }): World {
+function newWorld(agents: number, options?: { mayLead?: boolean; followerRetryPeriodMs?: number }): World {
   world = new World(agents, options);
   return world;
 }
@@ -442,6 +449,35 @@ describe('leader election on a Lease', () => {
     leader.client.down = 'hang';
     await w.eventually(() => !leader.elector.isLeader(), LEASE_MS, 'the leader steps down');
     assert.equal(count(leader.events, 'stopped'), 1);
+  });
+
+  it('followers of a valid holder read the Lease at their own slower pace, always name the holder, and still take over when it dies', async () => {
+    const FOLLOWER_MS = 5_000;
+    const w = newWorld(20, { followerRetryPeriodMs: FOLLOWER_MS });
+    w.start();
+    const leader = await w.leader();
+    const followers = w.agents.filter((agent) => agent !== leader);
+    // Those refused when they raced to create the Lease read it at the next retry.
+    await w.eventually(() => followers.every((agent) => agent.elector.leader()?.identity === leader.id), RETRY_MS * 2.2, 'every follower names the holder');
+    const readsBefore = followers.map((agent) => agent.client.reads);
+    const minutes = 5;
+    for (let step = 0; step < (minutes * 60_000) / 500; step++) {
+      await w.advance(500);
+      for (const agent of followers) assert.equal(agent.elector.leader()?.identity, leader.id, `${agent.id} names the holder at every moment`);
+    }
+    const reads = followers.map((agent, i) => agent.client.reads - readsBefore[i]!);
+    // Jittered between 1 and 2.2 periods: 5 minutes hold 27 to 60 reads at 5 s, 68 to 150 at client-go's 2 s.
+    for (const [i, n] of reads.entries()) assert.ok(n >= 25 && n <= 62, `${followers[i]!.id} read the Lease ${n} times in ${minutes} minutes`);
+
+    leader.client.down = 'fail';
+    const next = await w.eventually(() => w.leaders().find((agent) => agent !== leader), LEASE_MS + 2 * FOLLOWER_MS * 2.2, 'a follower takes over');
+    assert.notEqual(next, leader);
+  });
+
+  it('refuses timings under which a follower would lose sight of the holder', () => {
+    const options = { api: new FakeLeases().client('a'), namespace: NAMESPACE, name: NAME, identity: 'a', mayLead: () => true, logger: silentLogger(), leaseDurationMs: 15_000, renewDeadlineMs: 10_000, retryPeriodMs: 2_000 };
+    assert.throws(() => new LeaderElector({ ...options, followerRetryPeriodMs: 7_000 }), /followerRetryPeriodMs \(7000\) must be .* less than leaseDurationMs \(15000\)/);
+    assert.throws(() => new LeaderElector({ ...options, followerRetryPeriodMs: 1_000 }), /must be at least retryPeriodMs \(2000\)/);
   });
 
   it('refuses timings under which two agents could lead at once', () => {

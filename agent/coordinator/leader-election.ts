@@ -10,6 +10,10 @@
  *   duration: it has stopped acting as leader before any other agent may take over.
  * - Candidates retry with jitter (client-go's factor 1.2), so hundreds of agents started together do
  *   not hit the API server in step.
+ * - Unlike client-go, built for a few replicas of a controller, a follower that sees a valid holder may
+ *   read the Lease less often than the holder renews it (followerRetryPeriod): a DaemonSet has one
+ *   candidate per node, and 300 of them reading every 2 s would be about 100 requests a second. It never
+ *   waits so long that its view of the holder expires, so it always knows whom to hand a drain to.
  */
 import { errorMessage } from '../aws/errors.ts';
 import type { Logger } from '../log.ts';
@@ -40,6 +44,11 @@ export interface LeaderElectorOptions {
   leaseDurationMs: number;
   renewDeadlineMs: number;
   retryPeriodMs: number;
+  /**
+   * Between two reads of a follower that sees a valid holder (jittered as retries are); retryPeriodMs
+   * when absent. With its jitter it must stay under leaseDurationMs, so the follower's view never expires.
+   */
+  followerRetryPeriodMs?: number;
   /** Written on the Lease by the holder (its endpoint, for one), read by the others through `leader()`. */
   annotations?: () => Record<string, string>;
   /** False while this agent must not lead (its own node is going away): it never takes the lease then, and gives it up. */
@@ -89,6 +98,12 @@ export class LeaderElector {
     if (!(renewDeadlineMs > JITTER_FACTOR * retryPeriodMs)) {
       throw new Error(
         `leader election: renewDeadlineMs (${renewDeadlineMs}) must be greater than ${JITTER_FACTOR} × retryPeriodMs (${retryPeriodMs}), so a leader gets more than one try to renew`,
+      );
+    }
+    const followerRetryPeriodMs = options.followerRetryPeriodMs ?? retryPeriodMs;
+    if (!(followerRetryPeriodMs >= retryPeriodMs && leaseDurationMs > followerRetryPeriodMs * (1 + JITTER_FACTOR))) {
+      throw new Error(
+        `leader election: followerRetryPeriodMs (${followerRetryPeriodMs}) must be at least retryPeriodMs (${retryPeriodMs}) and, times ${1 + JITTER_FACTOR} for its jitter, less than leaseDurationMs (${leaseDurationMs}), so a follower always knows the holder`,
       );
     }
     if (!(leaseDurationMs > renewDeadlineMs)) {
@@ -156,9 +171,16 @@ export class LeaderElector {
         this.logger.error({ err: errorMessage(error) }, 'leader election round failed');
       }
       if (this.stopped) break;
-      const retryPeriodMs = this.options.retryPeriodMs;
-      await this.pause(this.leading ? retryPeriodMs : retryPeriodMs * (1 + JITTER_FACTOR * Math.random()));
+      await this.pause(this.untilNextRoundMs());
     }
+  }
+
+  /** The holder renews every retry period; a follower of a valid holder reads at its own pace; anyone else tries as often as the holder. */
+  private untilNextRoundMs(): number {
+    const { retryPeriodMs, followerRetryPeriodMs = retryPeriodMs } = this.options;
+    if (this.leading) return retryPeriodMs;
+    const following = this.observed?.lease.spec.holderIdentity && this.observedValid(this.now());
+    return (following ? followerRetryPeriodMs : retryPeriodMs) * (1 + JITTER_FACTOR * Math.random());
   }
 
   private isCandidate(): boolean {

@@ -2,7 +2,8 @@
  * The agent's own HTTP requests (IMDS, the Kubernetes API, a follower asking its coordinator), made on
  * node:http and node:https: the stack the AWS SDK already uses, with the HTTP parser built into Node.
  * undici, used here before, brings its own parser as WebAssembly; compiling it cost every node about
- * 25 MiB of resident memory (bench/RESULTS.md, table 3), a third of the agent's idle footprint.
+ * 20 MiB of resident memory (measured on Node 20: idle RSS about 85 MiB with it, 65 MiB without), about a
+ * quarter of the agent's idle footprint.
  */
 import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent, type AgentOptions as HttpsAgentOptions } from 'node:https';
