@@ -19,6 +19,7 @@ import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
 import { Coordination } from './coordinator/coordination.ts';
 import { handOverTo } from './coordinator/hand-over.ts';
+import { PeerRecheck } from './coordinator/peer-recheck.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
 import { createApiServer, NotReadyError, RefusedRequestError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
@@ -64,6 +65,8 @@ interface Running {
   readonly nodeWatch: NodeWatch | undefined;
   /** With COORDINATION=auto, Kubernetes access, POD_NAME and HOST_IP: the election of the cluster's coordinator. */
   readonly coordination: Coordination | undefined;
+  /** While this agent coordinates: the keep-out re-check of the peers whose drains it served. */
+  readonly peerRecheck: PeerRecheck;
 }
 
 export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
@@ -182,13 +185,27 @@ class Agent implements AgentApi {
     const keepInventory = () => {
       if (this.config.inventoryRefreshMs > 0 && !this.shuttingDown) provider.inventory.refreshEvery(this.config.inventoryRefreshMs);
     };
+    const peerRecheck = new PeerRecheck({
+      drainer,
+      intervalMs: this.config.recheckIntervalMs,
+      drainTimeoutMs: this.config.drainTimeoutMs,
+      dryRun: this.config.dryRun,
+      onCaught: (instance, found) => {
+        for (const membership of found) this.metrics.reRegistrations.inc({ family: membership.family });
+        this.logger.warn({ instanceId: instance.id, found }, 'a served peer was registered again: taking it out again');
+      },
+      logger: this.logger.child({ component: 'peer-recheck' }),
+    });
     const coordination = this.coordination(() => {
       keepInventory();
-      return () => provider.inventory.stop();
+      return () => {
+        provider.inventory.stop();
+        peerRecheck.stop();
+      };
     }, keepInventory);
     // A signal may come at any await of start-up: shutdown then owns what exists, and nothing more starts.
     if (this.stop.signal.aborted) return resolved.clients.destroy();
-    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch, own, coordination };
+    this.running = { resolved, self, drainer, watcher, lifecycle: provider.lifecycle, inventory: provider.inventory, services, takenOut, nodeWatch, own, coordination, peerRecheck };
     this.logger.info({ instanceId: self.instanceId, ...resolved.placement }, 'placement resolved');
     // With a coordinator, only it keeps the cluster's inventory: the idle cost does not grow with the nodes.
     if (!coordination) keepInventory();
@@ -380,6 +397,12 @@ class Agent implements AgentApi {
     const handOver = request.peer !== undefined && running.coordination?.isCoordinator() === true;
     if (handOver) this.logger.info({ instanceId: instance.id, peer: request.peer!.name, described: described !== undefined }, 'serving a peer\'s drain');
     const handle = running.drainer.start(instance, { trigger: 'api', scope: request.scope, deadline, dryRun: this.config.dryRun }, { capped: !handOver });
+    if (handOver && request.scope.kind === 'all') {
+      this.track(handle.done.then((status) => {
+        // The follower leaves its keep-out re-check to this coordinator while it coordinates.
+        if (status.state === 'deregistered' && running.coordination?.isCoordinator()) running.peerRecheck.add(instance);
+      }));
+    }
     return request.asg ? this.heldByHook(instance, handle) : handle;
   }
 
@@ -418,7 +441,7 @@ class Agent implements AgentApi {
           if (whole) {
             await this.running!.takenOut.remember(status).catch((error: unknown) => this.logger.error({ err: error }, 'could not remember what the drain took out: it will not be given back by itself'));
             // Given back meanwhile (the drain was canceled for it): nothing to keep out.
-            if (this.wholeDrainStarted) this.startRecheck(instance);
+            if (this.wholeDrainStarted) this.startRecheck(instance, status.handOver?.outcome === 'served' ? status.handOver.coordinator : undefined);
           }
           await this.reportOutcome(status);
         }),
@@ -492,11 +515,17 @@ class Agent implements AgentApi {
     await this.keeper?.event(kind, `Drain of ${status.instanceId} ${summary}`, kind === 'DrainFinished' ? 'Normal' : 'Warning');
   }
 
-  /** Until the process ends, a drained node is checked now and then for load balancers that took it back. */
-  private startRecheck(instance: Instance): void {
+  /**
+   * Until the process ends, a drained node is checked now and then for load balancers that took it back;
+   * by the coordinator that served its drain while that one still coordinates (one pass for all its
+   * peers), else by this agent.
+   */
+  private startRecheck(instance: Instance, servedBy: string | undefined): void {
     if (this.recheck || this.shuttingDown) return;
-    const { drainer } = this.running!;
+    const { drainer, coordination } = this.running!;
+    if (servedBy) this.logger.info({ instanceId: instance.id, coordinator: servedBy }, 'the coordinator re-checks that this node stays out while it coordinates');
     this.recheck = setInterval(() => {
+      if (servedBy && coordination?.coordinator()?.identity === servedBy) return;
       void (async () => {
         try {
           const found = await drainer.servingMemberships(instance, ALL, AbortSignal.timeout(this.config.recheckIntervalMs));

@@ -3,11 +3,9 @@
  * 300), coordinated through one fake Kubernetes API, none with a notice: what the whole cluster asks of
  * AWS and of the Kubernetes API per hour while nothing happens, and whether that grows with the nodes.
  */
-import { freemem } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { procSample } from './lib/agent.ts';
-import { seedClients, seedCluster, startEndpoint } from './lib/aws.ts';
-import { launchCluster } from './lib/cluster.ts';
+import { launchCluster, runPlans } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { median, num, seconds, sum, table } from './lib/stats.ts';
 
@@ -38,18 +36,12 @@ export async function idleClusterBench(options: BenchOptions): Promise<Section[]
         { nodes: 300, coordinated: true },
       ];
   const windowMs = options.smoke ? 3_000 : 180_000;
-  const endpoint = await startEndpoint();
-  const results: IdleCluster[] = [];
-  const skipped: string[] = [];
-  try {
-    const aws = seedClients(endpoint.moto.url);
-    const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1);
-    for (const plan of plans) {
-      const fits = Math.floor((freemem() - 1.5 * 2 ** 30) / (AGENT_MIB * 2 ** 20)) - 1;
-      const size = Math.min(plan.nodes, fits);
-      if (size < plan.nodes) skipped.push(`${plan.nodes} nodes would need about ${plan.nodes * AGENT_MIB} MiB, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size}`);
-      if (size < 1) continue;
-      const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.coordinated, env: { INVENTORY_REFRESH: String(INVENTORY_REFRESH_S) } });
+  const { results, skipped } = await runPlans(
+    plans.map((plan) => ({ ...plan, label: plan.coordinated ? 'coordinated' : 'alone' })),
+    AGENT_MIB,
+    options.log,
+    async ({ endpoint, aws, cluster }, plan): Promise<IdleCluster> => {
+      const running = await launchCluster(endpoint, aws, cluster, { size: plan.nodes, coordinated: plan.coordinated, env: { INVENTORY_REFRESH: String(INVENTORY_REFRESH_S) } });
       try {
         // Past start-up: every agent's first inventory (if it keeps one) is behind it.
         await sleep(options.smoke ? 500 : 10_000);
@@ -61,16 +53,13 @@ export async function idleClusterBench(options: BenchOptions): Promise<Section[]
         const awsCallsBy = countBy(endpoint.stamps.slice(awsMark).map((call) => `${call.service}:${call.action}`));
         const kubeRequestsBy = countBy((running.kube?.requests.slice(kubeMark) ?? []).map((request) => `${request.method} ${kubeResource(request.path)}`));
         const rssMiB = running.nodes.map((agent) => procSample(agent.child.pid!).rssKiB / 1024);
-        const result: IdleCluster = { nodes: size, coordinated: plan.coordinated, windowMs: measuredMs, startAllMs: running.startAllMs, awsCallsBy, kubeRequestsBy, rssMiB };
-        results.push(result);
-        options.log(`idle cluster of ${size} (${plan.coordinated ? 'coordinated' : 'alone'}): ${sum(Object.values(awsCallsBy))} AWS calls, ${sum(Object.values(kubeRequestsBy))} Kubernetes API requests in ${seconds(measuredMs)}`);
+        options.log(`idle cluster of ${plan.nodes} (${plan.label}): ${sum(Object.values(awsCallsBy))} AWS calls, ${sum(Object.values(kubeRequestsBy))} Kubernetes API requests in ${seconds(measuredMs)}`);
+        return { nodes: plan.nodes, coordinated: plan.coordinated, windowMs: measuredMs, startAllMs: running.startAllMs, awsCallsBy, kubeRequestsBy, rssMiB };
       } finally {
         await running.stop();
       }
-    }
-  } finally {
-    await endpoint.close();
-  }
+    },
+  );
   return [section(results, skipped)];
 }
 

@@ -157,7 +157,7 @@ function analysis(sections: Section[]): string {
   lines.push(
     '- **Detection dominates.** After the agent sees the notice, the lookup, discovery, deregistration and confirmation take a few hundred milliseconds on moto (table 1, "agent total after detection"), most of it in the three parallel `tag:GetResources` calls, which moto answers slowly because it scans every resource of every service. The rest is the polling: on average half of `POLL_INTERVAL`, at worst all of it. `POLL_INTERVAL=1` halves that for twice the IMDS requests, which are free and local.',
     '- **The region\'s size does not change the work** on the default path (table 2): the tagging API returns only the cluster\'s resources. The fallback for a role without `tag:GetResources` is the one path whose calls grow with the region (one DescribeTags per 20 load balancers or target groups).',
-    '- **Idle costs no AWS calls.** A waiting agent only polls IMDS (table 3). After it drained its own node, the keep-out re-check costs a discovery every `RECHECK_INTERVAL` until the node is gone; on a dying node that is minutes, not hours.',
+    '- **Idle costs no AWS calls.** A waiting agent only polls IMDS (table 3); in a coordinated cluster only the coordinator refreshes the inventory, so the cluster\'s idle AWS calls do not grow with its nodes (table 6). After an agent drained its own node alone, its keep-out re-check costs a discovery every `RECHECK_INTERVAL` until the node is gone; the nodes a coordinator served are re-checked by the coordinator, in one pass for all of them.',
   );
   if (wave) {
     const worst = wave.waves.at(-1);
@@ -171,7 +171,7 @@ function analysis(sections: Section[]): string {
             : `; **${worst.missedOwnDeadline} of ${worst.nodes} nodes were not out by their deadline**.`) +
           ' Each node needs about 11 describe calls on the ELB APIs and 3 on the tagging API around its 4 deregistrations, all from the same account-wide buckets, so even a perfectly paced wave of 100 needs about a minute of the ELBv2 describe refill (600 calls at 10/s). ' +
           (share > 0.5
-            ? 'Most calls here were throttled: the agents retry faster than the buckets refill, and every throttled retry of discovery starts it over, so the useful rate falls as the wave grows.'
+            ? 'Most calls here were throttled: every agent that drains alone discovers the same load balancers against the same buckets, so the useful rate falls as the wave grows.'
             : 'The agents mostly wait for tokens rather than waste them.'),
       );
     }

@@ -5,13 +5,13 @@
  * coordinate. Every fake IMDS starts serving a spot notice within the same second (a two-minute
  * warning, as AWS gives).
  */
-import { availableParallelism, freemem } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { events, isDrainEnd, procSample, spotNotice, type LogEvent } from './lib/agent.ts';
-import { launchCluster } from './lib/cluster.ts';
+import { launchCluster, runPlans, type PlanWorld } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { max, median, mmm, num, seconds, sum, table } from './lib/stats.ts';
-import { seedClients, seedCluster, startEndpoint, TokenBuckets, type Cluster, type Endpoint, type LimiterSpec, type SeedClients } from './lib/aws.ts';
+import { TokenBuckets, type LimiterSpec } from './lib/aws.ts';
 
 /** AWS's documented buckets where there are any (ELB and EC2 non-mutating), the issue's assumptions where not. */
 export const AWS_LIKE_LIMITS: LimiterSpec = {
@@ -73,29 +73,16 @@ export async function waveBench(options: BenchOptions): Promise<Section[]> {
         { nodes: 100, mode: 'coordinator killed', limits: AWS_LIKE_LIMITS },
         { nodes: 300, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
       ];
-  const endpoint = await startEndpoint();
-  const waves: Wave[] = [];
-  const skipped: string[] = [];
-  try {
-    const aws = seedClients(endpoint.moto.url);
-    const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1);
-    for (const plan of plans) {
-      const fits = Math.floor((freemem() - 1.5 * 2 ** 30) / (AGENT_MIB * 2 ** 20)) - 1;
-      const size = Math.min(plan.nodes, fits);
-      if (size < plan.nodes) {
-        skipped.push(`${plan.nodes} nodes (${plan.mode}) would need about ${plan.nodes * AGENT_MIB} MiB for one agent process each, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
-        options.log(`wave: ${skipped.at(-1)}`);
-      }
-      if (size < 1) continue;
-      waves.push(await runWave(endpoint, aws, cluster, { ...plan, nodes: size }, options));
-    }
-  } finally {
-    await endpoint.close();
-  }
+  const { results: waves, skipped } = await runPlans(
+    plans.map((plan) => ({ ...plan, label: plan.mode })),
+    AGENT_MIB,
+    (line) => options.log(`wave: ${line}`),
+    (world, plan) => runWave(world, plan, options),
+  );
   return [section(waves, skipped)];
 }
 
-async function runWave(endpoint: Endpoint, aws: SeedClients, cluster: Cluster, plan: Plan, options: BenchOptions): Promise<Wave> {
+async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, options: BenchOptions): Promise<Wave> {
   const size = plan.nodes;
   const label = `wave of ${size} (${plan.mode}${plan.limits === AWS_LIKE_LIMITS ? '' : ', tagging 40 +10/s'})`;
   const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.mode !== 'alone' });

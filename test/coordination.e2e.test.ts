@@ -11,11 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { RegisterTargetsCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { DrainStatus } from '../agent/drain/status.ts';
 import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube } from './fakes/kube.ts';
-import { CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
+import { awsClients, CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, killAllAgents, spawnAgent, statusBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
@@ -88,11 +89,11 @@ async function start(m: Member, extra: Record<string, string> = {}): Promise<Age
 }
 
 /** Starts the first agent and waits until it holds the Lease; then the second, which follows it. */
-async function startBoth(): Promise<void> {
-  const leader = await start(first);
+async function startBoth(extra: Record<string, string> = {}): Promise<void> {
+  const leader = await start(first, extra);
   await eventually(() => holder() === first.pod, 10_000, 'the first agent holds the Lease');
   assert.equal(kube.lease(NAMESPACE, LEASE)!.metadata.annotations['hasta-la-vista.io/endpoint'], `127.0.0.1:${leader.port}`);
-  const follower = await start(second);
+  const follower = await start(second, extra);
   await eventually(() => follower.logs().some((line) => line.msg === 'new leader' && line.leader === first.pod), 10_000, 'the second agent sees the coordinator');
 }
 
@@ -152,6 +153,23 @@ describe('a coordinator drains the dying nodes of the cluster', () => {
     assert.ok(first.agent!.logs().some((line) => line.msg === "serving a peer's drain" && line.peer === second.pod));
     // The follower still keeps its own node out.
     await eventually(() => kube.node(second.node)!.metadata.labels?.['node.kubernetes.io/exclude-from-external-load-balancers'] === 'true', 5_000, 'the follower labels its node');
+  });
+
+  test('a served node is kept out by the coordinator: registered again, the coordinator takes it out again, and the follower still calls AWS not once', async () => {
+    await startBoth({ RECHECK_INTERVAL: '5' });
+    spotNotice(second);
+    await statusOf(second.agent!, second.instanceId, 'deregistered');
+    await assertLeftExactly(selfInScope(world));
+    assert.ok(second.agent!.logs().some((line) => line.msg === 'the coordinator re-checks that this node stays out while it coordinates'));
+
+    // A controller puts the node back.
+    await awsClients(moto.url).elbv2.send(new RegisterTargetsCommand({ TargetGroupArn: world.groups.viaTaggedAlb, Targets: [{ Id: world.node.id, Port: 30080 }] }));
+    await eventually(async () => !(await registrations(moto.url, world)).has(`tg:viaTaggedAlb:${world.node.id}:30080`), 16_000, 'deregistered again');
+    await assertLeftExactly(selfInScope(world));
+    assert.ok(first.agent!.logs().some((line) => line.msg === 'a served peer was registered again: taking it out again' && line.instanceId === second.instanceId));
+    // Two more intervals: the follower never checked itself.
+    await sleep(10_000);
+    assert.deepEqual(second.proxy.calls.map((call) => call.action), [], 'the follower called AWS');
   });
 
   test('a coordinator killed in the middle of a drain costs the follower seconds: it drains alone', async () => {

@@ -22,7 +22,7 @@ const LEASE_DURATION_MS = 15_000;
 const RENEW_DEADLINE_MS = 10_000;
 const RETRY_PERIOD_MS = 2_000;
 /**
- * A follower reads the Lease every 5–11 s while it names a holder, not every 2–4.4 s: a third of the
+ * A follower reads the Lease every 5–11 s while it names a holder, not every 2–4.4 s: less than half the
  * Kubernetes API requests of a large cluster (bench/RESULTS.md, table 6), the holder known at every moment.
  */
 const FOLLOWER_RETRY_PERIOD_MS = 5_000;

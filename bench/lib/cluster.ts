@@ -4,7 +4,7 @@
  * then one more agent, on a node of its own that no test gives a notice, starts first and holds the Lease.
  */
 import { mkdtempSync } from 'node:fs';
-import { setPriority, tmpdir } from 'node:os';
+import { freemem, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startFakeImds, type FakeImds } from '../../test/fakes/imds.ts';
@@ -12,7 +12,46 @@ import { makeNode, makePod, startFakeKube, type FakeKube } from '../../test/fake
 import { freePort } from '../../test/helpers/moto.ts';
 import { waitReady } from '../../test/helpers/agent-harness.ts';
 import { SECRET, spawnAgent, stopAgent, type AgentProcess } from './agent.ts';
-import { pool, REGION, registerNodes, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
+import { pool, REGION, registerNodes, seedClients, seedCluster, startEndpoint, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
+
+/** Where every plan runs: one moto behind the rate-limiting endpoint, seeded once for the largest plan. */
+export interface PlanWorld {
+  readonly endpoint: Endpoint;
+  readonly aws: SeedClients;
+  readonly cluster: Cluster;
+}
+
+/**
+ * Runs each plan in turn, each with as many of its nodes as this machine's free memory holds at
+ * `agentMiB` per agent (keeping 1.5 GiB for moto, the fakes and the benchmark): `skipped` says which
+ * plans were measured smaller, and why.
+ */
+export async function runPlans<P extends { readonly nodes: number; readonly label: string }, R>(
+  plans: readonly P[],
+  agentMiB: number,
+  log: (line: string) => void,
+  run: (world: PlanWorld, plan: P) => Promise<R>,
+): Promise<{ results: R[]; skipped: string[] }> {
+  const endpoint = await startEndpoint();
+  const results: R[] = [];
+  const skipped: string[] = [];
+  try {
+    const aws = seedClients(endpoint.moto.url);
+    // One more node than the largest plan: the coordinator's.
+    const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1);
+    for (const plan of plans) {
+      const size = Math.min(plan.nodes, Math.floor((freemem() - 1.5 * 2 ** 30) / (agentMiB * 2 ** 20)) - 1);
+      if (size < plan.nodes) {
+        skipped.push(`${plan.nodes} nodes (${plan.label}) would need about ${plan.nodes * agentMiB} MiB for one agent process each, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
+        log(skipped.at(-1)!);
+      }
+      if (size >= 1) results.push(await run({ endpoint, aws, cluster }, { ...plan, nodes: size }));
+    }
+  } finally {
+    await endpoint.close();
+  }
+  return { results, skipped };
+}
 
 export const NAMESPACE = 'kube-system';
 export const LEASE = 'hasta-la-vista-coordinator';
