@@ -48,9 +48,13 @@ interface CountableStack {
 
 export function createAwsClients(region: string): AwsClients {
   const calls = new CallLog();
-  // One credential chain and one connection pool for all clients, made with the first.
+  // One credential chain and one connection pool for all clients, made with the first (again, if that failed).
   let shared: ReturnType<typeof clientConfig> | undefined;
-  const common = () => (shared ??= clientConfig(region));
+  const common = () =>
+    (shared ??= clientConfig(region).catch((error: unknown) => {
+      shared = undefined;
+      throw error;
+    }));
 
   const created: SdkClient[] = [];
   const counted = <T extends SdkClient>(client: T): T => {

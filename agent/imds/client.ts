@@ -97,8 +97,7 @@ const TOKEN_RETRY_BASE_MS = 5_000;
 const TOKEN_RETRY_MAX_MS = 120_000;
 /** Statuses with which IMDS says "no IMDSv2 here", as the AWS SDK treats them. */
 const NO_V2_STATUSES = new Set([403, 404, 405]);
-/** A connection closed before any answer: the request may have arrived, its answer did not. */
-/** A connection closed before or during the answer (`socket hang up`, `aborted`). */
+/** A connection closed before or during the answer (`socket hang up`, `aborted`): the request may have arrived, its answer did not. */
 const DROPPED_CODES = new Set(['ECONNRESET']);
 
 /** `noAnswer`: timed out or dropped, the way a lost answer looks, as opposed to a refused connection. */
