@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, it } from 'node:test';
-import { handOverTo, type HandOverTiming } from '../agent/coordinator/hand-over.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { handOverTo, type HandOverOptions, type HandOverTiming } from '../agent/coordinator/hand-over.ts';
 import type { DrainOptions } from '../agent/drain/drain.ts';
 import { ALL } from '../agent/drain/family.ts';
 import type { Instance } from '../agent/drain/instance.ts';
@@ -16,7 +17,7 @@ import { silentLogger } from '../agent/log.ts';
 
 const SECRET = 'hand-over-Secret-0123456789';
 const INSTANCE: Instance = { id: 'i-0123456789abcdef0', vpcId: 'vpc-0123456789abcdef0', privateIps: ['10.0.1.23'], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [], tags: {} };
-const TIMING: HandOverTiming = { answerMs: 300, pollMs: 50, failedPolls: 2, progressWaitMs: 600 };
+const TIMING: HandOverTiming = { answerMs: 300, pollMs: 50, failedPolls: 2, progressWaitMs: 600, successorWaitMs: 1_000 };
 const TG = 'arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef';
 
 type Answer = { status: number; body: unknown } | 'hang' | 'reset';
@@ -79,7 +80,12 @@ let coordinator: FakeCoordinator;
 afterEach(() => coordinator?.close());
 
 /** Runs one hand-over to the fake; `alone` records whether (and why) the agent drained by itself. */
-async function handOver({ deadlineMs = 5_000, stillCoordinating = (): boolean => true, signal = new AbortController().signal }: { deadlineMs?: number; stillCoordinating?: () => boolean; signal?: AbortSignal } = {}) {
+async function handOver({
+  deadlineMs = 5_000,
+  stillCoordinating = (): boolean => true,
+  signal = new AbortController().signal,
+  successor,
+}: { deadlineMs?: number; stillCoordinating?: () => boolean; signal?: AbortSignal; successor?: HandOverOptions['successor'] } = {}) {
   coordinator ??= new FakeCoordinator();
   const endpoint = await coordinator.listen();
   const deadline = new Date(Date.now() + deadlineMs);
@@ -90,6 +96,7 @@ async function handOver({ deadlineMs = 5_000, stillCoordinating = (): boolean =>
     secret: SECRET,
     peer: 'hlv-follower',
     stillCoordinating,
+    successor,
     alone: async (_instance, _options, drained) => {
       alone = true;
       drained.loadBalancers.push(lb('out'));
@@ -160,6 +167,83 @@ describe('handing a drain to the coordinator', () => {
       assert.ok(ms < 2_000, `fell back after ${ms} ms, well before the 5 s deadline`);
     });
   }
+
+  describe('when the coordinator is gone', () => {
+    let next: FakeCoordinator | undefined;
+    afterEach(() => next?.close());
+
+    /** The successor the agent's election would name: `next`, `afterMs` after it is asked. */
+    const electedAfter = (afterMs: number, asked: { after?: string; waitMs?: number }): HandOverOptions['successor'] => async (after, waitMs) => {
+      asked.after = after.identity;
+      asked.waitMs = waitMs;
+      next = new FakeCoordinator();
+      const endpoint = await next.listen();
+      await sleep(afterMs);
+      return { identity: 'hlv-next', endpoint };
+    };
+
+    it('hands the drain to the next coordinator once one is elected, which serves it', async () => {
+      coordinator = new FakeCoordinator();
+      coordinator.get = () => 'reset';
+      const asked: { after?: string; waitMs?: number } = {};
+      const { status, alone } = await handOver({ successor: electedAfter(100, asked) });
+      assert.equal(alone, false, 'no drain of its own');
+      assert.equal(asked.after, 'hlv-coordinator');
+      assert.ok(asked.waitMs! <= TIMING.successorWaitMs, `waits at most ${TIMING.successorWaitMs} ms`);
+      assert.equal(status.state, 'deregistered');
+      assert.equal(status.handOver?.coordinator, 'hlv-next');
+      assert.equal(status.handOver?.outcome, 'served');
+      assert.equal(status.handOver?.previous?.length, 1);
+      assert.equal(status.handOver?.previous?.[0]?.coordinator, 'hlv-coordinator');
+      assert.match(status.handOver?.previous?.[0]?.reason ?? '', /stopped answering/);
+      assert.equal(next!.requests.filter((r) => r.method === 'POST').length, 1, 'the drain was handed to the next coordinator');
+    });
+
+    it('a refused connection at the hand-over is "gone" too', async () => {
+      coordinator = new FakeCoordinator();
+      const endpoint = await coordinator.listen();
+      await coordinator.close();
+      const deadline = new Date(Date.now() + 5_000);
+      const status = ownStatus(deadline);
+      const asked: { after?: string } = {};
+      await handOverTo({
+        coordinator: { identity: 'hlv-coordinator', endpoint },
+        secret: SECRET,
+        peer: 'hlv-follower',
+        stillCoordinating: () => true,
+        successor: electedAfter(50, asked),
+        alone: async () => assert.fail('drained alone'),
+        logger: silentLogger(),
+        timing: TIMING,
+      })(INSTANCE, { trigger: 'spot-interruption', scope: ALL, deadline, dryRun: false }, status, new AbortController().signal);
+      assert.equal(status.handOver?.outcome, 'served');
+      assert.match(status.handOver?.previous?.[0]?.reason ?? '', /not accepted .*ECONNREFUSED/);
+    });
+
+    it('drains alone when no other coordinator is elected in time, and says it waited', async () => {
+      coordinator = new FakeCoordinator();
+      coordinator.get = () => 'reset';
+      const { status, alone } = await handOver({ successor: async () => undefined });
+      assert.equal(alone, true);
+      assert.equal(status.handOver?.outcome, 'drained-alone');
+      assert.match(status.handOver?.reason ?? '', /stopped answering.*; no other coordinator within \d+ s/);
+    });
+
+    it('a coordinator that is there but slow is not waited for: it drains alone at once', async () => {
+      coordinator = new FakeCoordinator();
+      coordinator.post = () => 'hang';
+      let asked = false;
+      const { status, alone } = await handOver({
+        successor: async () => {
+          asked = true;
+          return undefined;
+        },
+      });
+      assert.equal(alone, true);
+      assert.equal(asked, false, 'no successor looked for');
+      assert.match(status.handOver?.reason ?? '', /not accepted within 300 ms/);
+    });
+  });
 
   it('keeps following a coordinator that has deregistered, even once it stepped down', async () => {
     coordinator = new FakeCoordinator();

@@ -8,6 +8,7 @@
  * one warning, and every agent drains its own node alone, as before coordination existed.
  */
 import { isIPv6 } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
 import { KubeApiError } from '../kube/client.ts';
 import { LeaderElector } from './leader-election.ts';
@@ -26,6 +27,8 @@ const RETRY_PERIOD_MS = 2_000;
  * Kubernetes API requests of a large cluster (bench/RESULTS.md, table 6), the holder known at every moment.
  */
 const FOLLOWER_RETRY_PERIOD_MS = 5_000;
+/** While a follower waits for the successor of a coordinator that is gone. */
+const SUCCESSOR_POLL_MS = 1_000;
 
 export interface Coordinator {
   /** The Lease holder's identity (its pod name). */
@@ -106,6 +109,21 @@ export class Coordination {
   replaced(coordinator: Coordinator): boolean {
     const holder = this.elector.lastSeenHolder();
     return holder !== undefined && holder !== coordinator.identity;
+  }
+
+  /**
+   * Another coordinator than `after`, as soon as the Lease names one, within `waitMs`; meanwhile the Lease
+   * is read every second rather than at a follower's pace. Undefined when none is elected in time.
+   */
+  async successor(after: Coordinator, waitMs: number, signal: AbortSignal): Promise<Coordinator | undefined> {
+    const until = Date.now() + waitMs;
+    for (;;) {
+      const current = this.coordinator();
+      if (current && current.identity !== after.identity) return current;
+      if (this.forbidden || signal.aborted || Date.now() >= until) return undefined;
+      this.elector.reconsider();
+      await sleep(Math.min(SUCCESSOR_POLL_MS, until - Date.now()), undefined, { signal }).catch(() => undefined);
+    }
   }
 
   /** The Lease API, stopping the election at the first 403: without permission, retrying only fills the log. */

@@ -3,12 +3,16 @@
  * drain API (`POST /drain?id=<self>`) and follows that drain's status (`GET /drain/<id>`) into its own,
  * so the coordinator can batch a whole spot wave into one call per load balancer.
  *
- * Never worse than draining alone: the agent drains by itself, at once, when the coordinator does not
- * answer within 2 s, stops answering (two polls in a row), ends the drain without getting the node out
- * while time is left, has not deregistered anything in time, or steps down before it has.
+ * Never worse than draining alone: the agent drains by itself when the coordinator does not answer
+ * within 2 s, stops answering (two polls in a row), ends the drain without getting the node out while
+ * time is left, has not deregistered anything in time, or steps down before it has. A coordinator that
+ * is gone (it stopped answering, refused the connection, or stepped down) is first given a successor's
+ * worth of time (up to 25 s, at most a third of the time left): a wave whose coordinator dies is handed
+ * to the next one and stays batched, where a hundred agents draining alone at once would spend the
+ * account's budget against each other.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { errorMessage } from '../aws/errors.ts';
+import { errorCode, errorMessage } from '../aws/errors.ts';
 import type { DrainObserver } from '../drain/drain.ts';
 import type { DrainRunner } from '../drain/drainer.ts';
 import { isFinished, type DrainStatus, type HandOverStatus } from '../drain/status.ts';
@@ -31,23 +35,30 @@ export interface HandOverTiming {
    * up on it together spend the account's API budget it needs (measured: bench/RESULTS.md, 165 nodes).
    */
   readonly progressWaitMs: number;
+  /** How long a follower waits for the next coordinator when its own is gone (and at most a third of the time left). */
+  readonly successorWaitMs: number;
 }
 
-export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000 };
+export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000, successorWaitMs: 25_000 };
 
 export interface HandOverOptions {
   readonly coordinator: Coordinator;
   readonly secret: string;
   /** This agent's pod name. */
   readonly peer: string;
-  /** False once the Lease names another holder, or none. */
-  readonly stillCoordinating: () => boolean;
+  /** False once the Lease names another holder than `coordinator`, or none. */
+  readonly stillCoordinating: (coordinator: Coordinator) => boolean;
+  /** Another coordinator than `after` once the Lease names one, within `waitMs`; undefined when none does (or without coordination). */
+  readonly successor?: (after: Coordinator, waitMs: number, signal: AbortSignal) => Promise<Coordinator | undefined>;
   /** Draining alone, when the coordinator cannot serve. */
   readonly alone: DrainRunner;
   readonly observer?: DrainObserver;
   readonly logger: Logger;
   readonly timing?: HandOverTiming;
 }
+
+/** A connection refused or reset: no agent listens at the coordinator's endpoint any more. */
+const GONE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET']);
 
 /** Thrown for an answer that is not a drain status: the coordinator cannot serve this drain. */
 class CoordinatorError extends Error {}
@@ -73,7 +84,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
   return async (instance, drainOptions, status, signal) => {
     const started = Date.now();
     const log = options.logger.child({ instanceId: instance.id, coordinator: coordinator.identity, endpoint: coordinator.endpoint });
-    const handOver: HandOverStatus = { coordinator: coordinator.identity, outcome: 'following' };
+    const handOver: HandOverStatus = { coordinator: coordinator.identity, outcome: 'following', ...(status.handOver?.previous ? { previous: status.handOver.previous } : {}) };
     status.handOver = handOver;
     const timeLeftMs = () => Date.parse(status.deadline) - Date.now();
 
@@ -84,6 +95,17 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       status.loadBalancers = [];
       log.warn({ why }, 'the coordinator cannot serve this drain: draining alone');
       await alone(instance, drainOptions, status, signal);
+    };
+
+    /** The coordinator is gone: hand the drain to its successor if one is elected in time, else drain alone. */
+    const toSuccessorOrAlone = async (why: string): Promise<void> => {
+      const waitMs = Math.min(timing.successorWaitMs, Math.max(0, timeLeftMs()) / 3);
+      if (!options.successor || signal.aborted) return drainAlone(why);
+      log.warn({ why, waitMs }, 'the coordinator is gone: waiting for the next one');
+      const next = await options.successor(coordinator, waitMs, signal);
+      if (!next || signal.aborted) return drainAlone(`${why}; no other coordinator within ${Math.round(waitMs / 1000)} s`);
+      status.handOver = { ...handOver, previous: [...(handOver.previous ?? []), { coordinator: coordinator.identity, reason: why }] };
+      return handOverTo({ ...options, coordinator: next })(instance, drainOptions, status, signal);
     };
 
     const finish = (state: DrainStatus['state'], reason: string | undefined, remote: DrainStatus | undefined): void => {
@@ -106,7 +128,9 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       const { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } = instance;
       remote = await ask('POST', `/drain?id=${instance.id}&timeout=${timeout}`, { instance: { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } });
     } catch (error) {
-      return drainAlone(`the hand-over was not accepted within ${timing.answerMs} ms: ${errorMessage(error)}`);
+      const why = `the hand-over was not accepted within ${timing.answerMs} ms: ${errorMessage(error)}`;
+      // Refused or reset: nothing listens there any more. A timeout or an HTTP answer: it is there, but cannot serve.
+      return GONE_CODES.has(errorCode(error) ?? '') ? toSuccessorOrAlone(why) : drainAlone(why);
     }
 
     const progressBy = started + Math.min(timing.progressWaitMs, Math.max(0, timeLeftMs()) / 3);
@@ -131,7 +155,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
         return finish('failed', `interrupted: ${reason?.message ?? 'the agent stopped the drain'} while the coordinator drained, with ${notOut} load balancer(s) not yet out`, remote);
       }
       if (!progressed && Date.now() >= progressBy) return drainAlone(`the coordinator deregistered nothing within ${Math.round((Date.now() - started) / 1000)} s`);
-      if (!progressed && !stillCoordinating()) return drainAlone('the coordinator stepped down before deregistering this node');
+      if (!progressed && !stillCoordinating(coordinator)) return toSuccessorOrAlone('the coordinator stepped down before deregistering this node');
 
       await sleep(timing.pollMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted) continue;
@@ -139,7 +163,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
         remote = await ask('GET', `/drain/${instance.id}`);
         failedPolls = 0;
       } catch (error) {
-        if (++failedPolls >= timing.failedPolls) return drainAlone(`the coordinator stopped answering: ${errorMessage(error)}`);
+        if (++failedPolls >= timing.failedPolls) return toSuccessorOrAlone(`the coordinator stopped answering: ${errorMessage(error)}`);
       }
     }
   };

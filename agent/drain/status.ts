@@ -56,6 +56,8 @@ export interface HandOverStatus {
   /** `following` while the coordinator drains; `drained-alone` when this agent took over (see `reason`). */
   outcome: 'following' | 'served' | 'drained-alone';
   reason?: string;
+  /** Coordinators this drain was handed to before `coordinator`, each left because it was gone (oldest first). */
+  previous?: { readonly coordinator: string; readonly reason: string }[];
 }
 
 export interface LifecycleActionStatus {
