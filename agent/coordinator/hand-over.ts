@@ -7,7 +7,7 @@
  * within 2 s, stops answering (two polls in a row), ends the drain without getting the node out while
  * time is left, has not deregistered anything in time, or steps down before it has. A coordinator that
  * is gone (it stopped answering, refused the connection, or stepped down) is first given a successor's
- * worth of time (up to 25 s, at most a third of the time left): a wave whose coordinator dies is handed
+ * worth of time (up to 30 s, at most a third of the time left): a wave whose coordinator dies is handed
  * to the next one and stays batched, where a hundred agents draining alone at once would spend the
  * account's budget against each other.
  */
@@ -35,11 +35,14 @@ export interface HandOverTiming {
    * up on it together spend the account's API budget it needs (measured: bench/RESULTS.md, 165 nodes).
    */
   readonly progressWaitMs: number;
-  /** How long a follower waits for the next coordinator when its own is gone (and at most a third of the time left). */
+  /**
+   * How long a follower waits for the next coordinator when its own is gone (and at most a third of the
+   * time left): the lease duration (15 s) plus a follower's longest pause between reads (11 s), and a margin.
+   */
   readonly successorWaitMs: number;
 }
 
-export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000, successorWaitMs: 25_000 };
+export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000, successorWaitMs: 30_000 };
 
 export interface HandOverOptions {
   readonly coordinator: Coordinator;
