@@ -8,7 +8,7 @@
 import { availableParallelism } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { events, isDrainEnd, procSample, spotNotice, type LogEvent } from './lib/agent.ts';
-import { launchCluster, runPlans, type PlanWorld } from './lib/cluster.ts';
+import { launchCluster, MAX_STANDBYS, runPlans, type PlanWorld } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { max, median, mmm, num, seconds, sum, table } from './lib/stats.ts';
 import { TokenBuckets, type LimiterSpec } from './lib/aws.ts';
@@ -24,15 +24,23 @@ export const AWS_LIKE_LIMITS: LimiterSpec = {
 const LARGER_TAGGING: LimiterSpec = { ...AWS_LIKE_LIMITS, tagging: { burst: 40, refillPerSecond: 10 } };
 
 const NOTICE_MS = 120_000;
-/** An agent's RSS peaks near 120 MiB in a wave; keep 1.5 GiB for moto, the fakes and this process. */
-const AGENT_MIB = 130;
+/** An agent's RSS in a wave of 100: 68 MiB at the median, 83 at most (node 20); memory for one agent process each. */
+const AGENT_MIB = 75;
 
 /**
  * `alone`: no Kubernetes, every agent drains its own node (as before the coordinator). `coordinated`:
  * one more agent, on a node that is not going away, holds the Lease; the dying nodes hand their drains
- * to it. `coordinator killed`: the same, with the coordinator SIGKILLed as its first deregistration goes out.
+ * to it. `coordinator killed`: the same, with two standby agents on nodes that stay (candidates to take
+ * over), and the coordinator SIGKILLed as its first deregistration goes out.
  */
-type Mode = 'alone' | 'coordinated' | 'coordinator killed';
+const MODES = ['alone', 'coordinated', 'coordinator killed'] as const;
+type Mode = (typeof MODES)[number];
+
+function waveMode(name: string): Mode {
+  const mode = MODES.find((m) => m === name);
+  if (!mode) throw new Error(`WAVE_SMOKE_MODE=${name}: one of ${MODES.join(', ')}`);
+  return mode;
+}
 
 interface Plan {
   readonly nodes: number;
@@ -65,7 +73,8 @@ interface Wave {
 
 export async function waveBench(options: BenchOptions): Promise<Section[]> {
   const plans: Plan[] = options.smoke
-    ? [{ nodes: Number(process.env.WAVE_SMOKE_NODES ?? 4), mode: 'coordinated', limits: AWS_LIKE_LIMITS }]
+    ? // One wave; WAVE_SMOKE_NODES and WAVE_SMOKE_MODE measure a single row of the table on its own.
+      [{ nodes: Number(process.env.WAVE_SMOKE_NODES ?? 4), mode: waveMode(process.env.WAVE_SMOKE_MODE ?? 'coordinated'), limits: AWS_LIKE_LIMITS }]
     : [
         { nodes: 50, mode: 'alone', limits: AWS_LIKE_LIMITS },
         { nodes: 100, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
@@ -85,7 +94,8 @@ export async function waveBench(options: BenchOptions): Promise<Section[]> {
 async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, options: BenchOptions): Promise<Wave> {
   const size = plan.nodes;
   const label = `wave of ${size} (${plan.mode}${plan.limits === AWS_LIKE_LIMITS ? '' : ', tagging 40 +10/s'})`;
-  const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.mode !== 'alone' });
+  const killed = plan.mode === 'coordinator killed';
+  const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.mode !== 'alone', standbys: killed ? MAX_STANDBYS : 0 });
   const { nodes: dying, imdses, startAllMs } = running;
   try {
     const idleRssMiB = dying.map((a) => procSample(a.child.pid!).rssKiB / 1024);
@@ -103,15 +113,15 @@ async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, option
     }
     const noticeSpreadMs = Date.now() - t0;
 
-    let killed = plan.mode !== 'coordinator killed';
+    let coordinatorKilled = !killed;
     const ends: (LogEvent | undefined)[] = dying.map(() => undefined);
     const peak = dying.map(() => 0);
     const until = t0 + NOTICE_MS + 10_000;
     while (ends.some((e) => e === undefined) && Date.now() < until) {
-      await sleep(killed ? 250 : 10);
-      if (!killed && endpoint.stamps.slice(mark).some((c) => c.action.startsWith('Deregister') && !c.throttled)) {
+      await sleep(coordinatorKilled ? 250 : 10);
+      if (!coordinatorKilled && endpoint.stamps.slice(mark).some((c) => c.action.startsWith('Deregister') && !c.throttled)) {
         running.coordinator!.child.kill('SIGKILL');
-        killed = true;
+        coordinatorKilled = true;
         options.log(`  coordinator killed ${seconds(Date.now() - t0)} after the notices, as its first deregistration went out`);
       }
       for (const [i, agent] of dying.entries()) {
@@ -201,7 +211,7 @@ function section(waves: Wave[], skipped: string[]): Section {
   const worst = ranked.at(-1);
   const headline = best && worst ? [`Spot waves against AWS-like rate limits: best ${describe(best)}${worst !== best ? `; worst ${describe(worst)}` : ''}`] : [];
   const body = [
-    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with the coordinator SIGKILLed the moment its first deregistration is accepted. All agents share this machine's ${availableParallelism()} cores (in a cluster each has its own node's), so with a coordinator the dying nodes' agents run at nice 10: otherwise a hundred of them waking at the notice starve the coordinator for seconds. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
+    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with two more agents on nodes that stay (candidates to take over) and the coordinator SIGKILLed the moment its first deregistration is accepted. All agents share this machine's ${availableParallelism()} cores (in a cluster each has its own node's), so with a coordinator the dying nodes' agents run at nice 10: otherwise a hundred of them waking at the notice starve the coordinator for seconds. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
     '',
     table(
       ['nodes', 'mode', 'every node out', 'per node: notice → out', 'last Deregister call accepted', 'AWS calls', 'throttled', 'calls per node', 'nodes not out by their deadline (105 s), so still registered when the instance dies at 120 s', 'drains', 'RSS per agent MiB: idle / peak (median), sum of peaks'],

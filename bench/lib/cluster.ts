@@ -37,8 +37,8 @@ export async function runPlans<P extends { readonly nodes: number; readonly labe
   const skipped: string[] = [];
   try {
     const aws = seedClients(endpoint.moto.url);
-    // One more node than the largest plan: the coordinator's.
-    const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1);
+    // More nodes than the largest plan: the coordinator's and the standbys'.
+    const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1 + MAX_STANDBYS);
     for (const plan of plans) {
       const size = Math.min(plan.nodes, Math.floor((freemem() - 1.5 * 2 ** 30) / (agentMiB * 2 ** 20)) - 1);
       if (size < plan.nodes) {
@@ -53,6 +53,9 @@ export async function runPlans<P extends { readonly nodes: number; readonly labe
   return { results, skipped };
 }
 
+/** At most this many standby agents (see launchCluster). */
+export const MAX_STANDBYS = 2;
+
 export const NAMESPACE = 'kube-system';
 export const LEASE = 'hasta-la-vista-coordinator';
 
@@ -62,20 +65,26 @@ export interface RunningCluster {
   readonly imdses: readonly FakeImds[];
   /** With a fake Kubernetes API only. */
   readonly coordinator?: AgentProcess;
+  /** Agents on nodes that stay, which may take over from the coordinator. */
+  readonly standbys: readonly AgentProcess[];
   readonly kube?: FakeKube;
   /** From the first spawn until every agent was ready. */
   readonly startAllMs: number;
   stop(): Promise<void>;
 }
 
-/** `size` nodes' agents, ready; with `coordinated`, the Lease held by the extra node's agent first. */
+/**
+ * `size` nodes' agents, ready; with `coordinated`, the Lease held by the extra node's agent first, and
+ * `standbys` more agents on nodes that stay (up to MAX_STANDBYS), candidates to take over from it.
+ */
 export async function launchCluster(
   endpoint: Endpoint,
   aws: SeedClients,
   cluster: Cluster,
-  { size, coordinated, env = {} }: { size: number; coordinated: boolean; env?: Record<string, string> },
+  { size, coordinated, standbys = 0, env = {} }: { size: number; coordinated: boolean; standbys?: number; env?: Record<string, string> },
 ): Promise<RunningCluster> {
-  const nodes = cluster.nodes.slice(0, size + (coordinated ? 1 : 0));
+  if (standbys > MAX_STANDBYS || (standbys > 0 && !coordinated)) throw new Error(`launchCluster: ${standbys} standbys (at most ${MAX_STANDBYS}, and only coordinated)`);
+  const nodes = cluster.nodes.slice(0, size + (coordinated ? 1 + standbys : 0));
   await registerNodes(aws, cluster, nodes);
   const kube = coordinated ? await startFakeKube({ token: 'bench-kube-token' }) : undefined;
   const kubeconfig = kube?.writeKubeconfig(join(mkdtempSync(join(tmpdir(), 'hlv-cluster-')), 'kubeconfig'));
@@ -106,6 +115,7 @@ export async function launchCluster(
     if (kube) {
       await waitReady(spawn(size), 60_000);
       while (kube.lease(NAMESPACE, LEASE)?.spec?.holderIdentity !== names[size]!.pod) await sleep(100);
+      for (let i = size + 1; i <= size + standbys; i++) await waitReady(spawn(i), 60_000);
     }
     // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out. Here all
     // the agents share this machine's few cores, where in a cluster each has its own node's: with a
@@ -115,7 +125,7 @@ export async function launchCluster(
       if (coordinated) setPriority(agent.child.pid!, 10);
       await waitReady(agent, 60_000);
     });
-    return { nodes: all.slice(0, size), imdses: imdses.slice(0, size), coordinator: kube ? all[size] : undefined, kube, startAllMs: Date.now() - startedAt, stop };
+    return { nodes: all.slice(0, size), imdses: imdses.slice(0, size), coordinator: kube ? all[size] : undefined, standbys: all.slice(size + 1), kube, startAllMs: Date.now() - startedAt, stop };
   } catch (error) {
     await stop();
     throw error;
