@@ -18,7 +18,7 @@ import { ALL, type LoadBalancerFamily, type Scope } from './drain/family.ts';
 import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
 import { Coordination } from './coordinator/coordination.ts';
-import { handOverTo } from './coordinator/hand-over.ts';
+import { HAND_OVER_TIMING, handOverTo, stillKeptOutBy } from './coordinator/hand-over.ts';
 import { PeerRecheck } from './coordinator/peer-recheck.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
@@ -523,12 +523,12 @@ class Agent implements AgentApi {
    */
   private startRecheck(instance: Instance, servedBy: string | undefined): void {
     if (this.recheck || this.shuttingDown) return;
-    const { drainer, coordination } = this.running!;
+    const { drainer } = this.running!;
     if (servedBy) this.logger.info({ instanceId: instance.id, coordinator: servedBy }, 'the coordinator re-checks that this node stays out while it coordinates');
     this.recheck = setInterval(() => {
-      if (servedBy && coordination?.coordinator()?.identity === servedBy) return;
       void (async () => {
         try {
+          if (servedBy && (await this.keptOutBy(servedBy, instance))) return;
           const found = await drainer.servingMemberships(instance, ALL, AbortSignal.timeout(this.config.recheckIntervalMs));
           if (found.length === 0 || this.shuttingDown) return;
           for (const membership of found) this.metrics.reRegistrations.inc({ family: membership.family });
@@ -540,6 +540,13 @@ class Agent implements AgentApi {
         }
       })();
     }, this.config.recheckIntervalMs);
+  }
+
+  /** True while the coordinator that served this node's drain still coordinates and still knows that drain. */
+  private async keptOutBy(servedBy: string, instance: Instance): Promise<boolean> {
+    const current = this.running?.coordination?.coordinator();
+    if (current?.identity !== servedBy) return false;
+    return stillKeptOutBy(current, instance.id, { secret: this.config.secret!, peer: this.config.podName!, answerMs: HAND_OVER_TIMING.answerMs });
   }
 
   // ---- the API's view

@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { handOverTo, type HandOverOptions, type HandOverTiming } from '../agent/coordinator/hand-over.ts';
+import { handOverTo, stillKeptOutBy, type HandOverOptions, type HandOverTiming } from '../agent/coordinator/hand-over.ts';
 import type { DrainOptions } from '../agent/drain/drain.ts';
 import { ALL } from '../agent/drain/family.ts';
 import type { Instance } from '../agent/drain/instance.ts';
@@ -242,6 +242,24 @@ describe('handing a drain to the coordinator', () => {
       assert.equal(alone, true);
       assert.equal(asked, false, 'no successor looked for');
       assert.match(status.handOver?.reason ?? '', /not accepted within 300 ms/);
+    });
+  });
+
+  describe('whether the coordinator still keeps a served node out', () => {
+    const asker = { secret: SECRET, peer: 'hlv-follower', answerMs: 300 };
+    it('yes while it knows the drain as deregistered; no once it has forgotten it (restarted: 404) or cannot be reached', async () => {
+      coordinator = new FakeCoordinator();
+      const endpoint = await coordinator.listen();
+      const served = { identity: 'hlv-coordinator', endpoint };
+      assert.equal(await stillKeptOutBy(served, INSTANCE.id, asker), true);
+      assert.equal(coordinator.requests.at(-1)?.url, `/drain/${INSTANCE.id}`);
+      assert.equal(coordinator.requests.at(-1)?.authorization, `Bearer ${SECRET}`);
+      coordinator.get = () => ({ status: 404, body: { error: `no drain of ${INSTANCE.id}` } });
+      assert.equal(await stillKeptOutBy(served, INSTANCE.id, asker), false);
+      coordinator.get = () => 'hang';
+      assert.equal(await stillKeptOutBy(served, INSTANCE.id, asker), false);
+      await coordinator.close();
+      assert.equal(await stillKeptOutBy(served, INSTANCE.id, asker), false);
     });
   });
 

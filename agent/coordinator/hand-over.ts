@@ -66,23 +66,47 @@ const GONE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET']);
 /** Thrown for an answer that is not a drain status: the coordinator cannot serve this drain. */
 class CoordinatorError extends Error {}
 
+/** Who asks the coordinator, and how long an answer may take. */
+export interface Asker {
+  readonly secret: string;
+  /** This agent's pod name. */
+  readonly peer: string;
+  readonly answerMs: number;
+}
+
+/** One request to the coordinator's drain API; a drain status, or a CoordinatorError saying what came instead. */
+async function askCoordinator(coordinator: Coordinator, { secret, peer, answerMs }: Asker, method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> {
+  const signal = AbortSignal.timeout(answerMs);
+  const answer = await send({
+    method,
+    url: `http://${coordinator.endpoint}${path}`,
+    headers: { authorization: `Bearer ${secret}`, [PEER_HEADER]: peer, ...(payload ? { 'content-type': 'application/json' } : {}) },
+    body: payload ? JSON.stringify(payload) : undefined,
+    signal,
+  });
+  const body = parseJson(await readText(answer.body, signal)) as (DrainStatus & { error?: string }) | undefined;
+  if ((answer.status === 200 || answer.status === 202) && body?.instanceId) return body;
+  throw new CoordinatorError(`answered ${answer.status}${body?.error ? `: ${body.error}` : ''}`);
+}
+
+/**
+ * True while `coordinator` still knows this instance's drain as deregistered: then its keep-out re-check
+ * of the peers it served covers the instance. A coordinator that restarted (same pod, same name) has
+ * forgotten it and answers 404, as does one that cannot be reached: then the follower checks itself.
+ */
+export async function stillKeptOutBy(coordinator: Coordinator, instanceId: string, asker: Asker): Promise<boolean> {
+  try {
+    const status = await askCoordinator(coordinator, asker, 'GET', `/drain/${instanceId}`);
+    return status.instanceId === instanceId && status.state === 'deregistered';
+  } catch {
+    return false;
+  }
+}
+
 export function handOverTo(options: HandOverOptions): DrainRunner {
   const { coordinator, secret, peer, stillCoordinating, alone, observer, timing = HAND_OVER_TIMING } = options;
-  const base = `http://${coordinator.endpoint}`;
-
-  const ask = async (method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> => {
-    const signal = AbortSignal.timeout(timing.answerMs);
-    const answer = await send({
-      method,
-      url: `${base}${path}`,
-      headers: { authorization: `Bearer ${secret}`, [PEER_HEADER]: peer, ...(payload ? { 'content-type': 'application/json' } : {}) },
-      body: payload ? JSON.stringify(payload) : undefined,
-      signal,
-    });
-    const body = parseJson(await readText(answer.body, signal)) as (DrainStatus & { error?: string }) | undefined;
-    if ((answer.status === 200 || answer.status === 202) && body?.instanceId) return body;
-    throw new CoordinatorError(`answered ${answer.status}${body?.error ? `: ${body.error}` : ''}`);
-  };
+  const ask = (method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> =>
+    askCoordinator(coordinator, { secret, peer, answerMs: timing.answerMs }, method, path, payload);
 
   return async (instance, drainOptions, status, signal) => {
     const started = Date.now();

@@ -7,7 +7,7 @@
  *
  * A peer is checked for KEEP_OUT_FOR_MS after its drain (a spot instance dies two minutes after its
  * notice, an Auto Scaling termination within its hook's timeout), and only while this agent coordinates:
- * a follower whose coordinator is replaced checks itself again.
+ * a follower whose coordinator is replaced, or no longer knows its drain (restarted), checks itself again.
  */
 import { ALL } from '../drain/family.ts';
 import type { Drainer } from '../drain/drainer.ts';
