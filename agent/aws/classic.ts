@@ -8,7 +8,7 @@
  * and one DescribeInstanceHealth per load balancer carry every drain's instance within the window.
  */
 import type { ElasticLoadBalancingClient, InstanceState, LoadBalancerDescription } from '@aws-sdk/client-elastic-load-balancing';
-import type { LazyClient } from './clients.ts';
+import { sdk, type LazyClient } from './clients.ts';
 import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
@@ -29,8 +29,6 @@ const GONE = new Set(['LoadBalancerNotFound', 'AccessPointNotFoundException', 'I
 const NAMES_PER_CALL = 20;
 /** AWS documents no per-call limit for the instance lists; calls of this size stay well within request limits. */
 const INSTANCES_PER_CALL = 100;
-/** The commands, from the module the client was loaded with (AwsClients.elb): by the first call, already loaded. */
-const elbSdk = () => import('./elb-sdk.ts');
 
 export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   readonly name = 'classic';
@@ -52,7 +50,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
       await describeSurvivors(
         instances,
         async (batch) => {
-          const { DeregisterInstancesFromLoadBalancerCommand } = await elbSdk();
+          const { DeregisterInstancesFromLoadBalancerCommand } = await sdk.elb();
           await (await this.elb()).send(new DeregisterInstancesFromLoadBalancerCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal });
           return [];
         },
@@ -64,7 +62,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
       describeSurvivors(
         instances,
         async (batch) => {
-          const { DescribeInstanceHealthCommand } = await elbSdk();
+          const { DescribeInstanceHealthCommand } = await sdk.elb();
           const answer = await (await this.elb()).send(new DescribeInstanceHealthCommand({ LoadBalancerName: name, Instances: batch.map((InstanceId) => ({ InstanceId })) }), { abortSignal: signal });
           return answer.InstanceStates ?? [];
         },
@@ -75,7 +73,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
       describeSurvivors(
         names,
         async (batch) => {
-          const { DescribeLoadBalancersCommand } = await elbSdk();
+          const { DescribeLoadBalancersCommand } = await sdk.elb();
           return (await (await this.elb()).send(new DescribeLoadBalancersCommand({ LoadBalancerNames: batch }), { abortSignal: signal })).LoadBalancerDescriptions ?? [];
         },
         (error) => GONE.has(errorCode(error) ?? ''),
@@ -124,7 +122,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
   }
 
   async register(membership: ClassicMembership, ctx: CallContext): Promise<void> {
-    const { RegisterInstancesWithLoadBalancerCommand } = await elbSdk();
+    const { RegisterInstancesWithLoadBalancerCommand } = await sdk.elb();
     await (await this.elb()).send(
       new RegisterInstancesWithLoadBalancerCommand({ LoadBalancerName: membership.name, Instances: [{ InstanceId: membership.instanceId }] }),
       { abortSignal: ctx.signal },

@@ -10,8 +10,8 @@
  *
  * Every client is loaded on first use, with its SDK module (`<service>-sdk.ts`, each a chunk of its own in
  * the build): an agent waiting for a notice calls AWS not at all, and the SDK's modules, evaluated, are
- * about 8 MiB of its resident memory (bench/RESULTS.md, table 3). Modules that send commands import them
- * from the same `<service>-sdk.ts` when they first send one, by which time it is loaded.
+ * about 8 MiB of its resident memory (bench/RESULTS.md, table 3). Modules that send commands take them
+ * from the same module (`sdk` below) when they first send one, by which time it is loaded.
  */
 import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
 import type { EC2Client } from '@aws-sdk/client-ec2';
@@ -22,6 +22,18 @@ import { CallLog } from './call-log.ts';
 
 /** Loads and creates the client on the first call; every call answers the same client. */
 export type LazyClient<T> = () => Promise<T>;
+
+/**
+ * Each service's SDK module (the client and the commands the agent sends), loaded on first use: the one
+ * way in, for the clients here and for the modules that send commands, which by then find it loaded.
+ */
+export const sdk = {
+  ec2: () => import('./ec2-sdk.ts'),
+  elb: () => import('./elb-sdk.ts'),
+  elbv2: () => import('./elbv2-sdk.ts'),
+  tagging: () => import('./tagging-sdk.ts'),
+  autoscaling: () => import('./autoscaling-sdk.ts'),
+} as const;
 
 export interface AwsClients {
   readonly ec2: LazyClient<EC2Client>;
@@ -73,11 +85,11 @@ export function createAwsClients(region: string): AwsClients {
   };
 
   return {
-    ec2: lazy(async () => new (await import('./ec2-sdk.ts')).EC2Client(await common())),
-    elb: lazy(async () => new (await import('./elb-sdk.ts')).ElasticLoadBalancingClient(await common())),
-    elbv2: lazy(async () => new (await import('./elbv2-sdk.ts')).ElasticLoadBalancingV2Client(await common())),
-    tagging: lazy(async () => new (await import('./tagging-sdk.ts')).ResourceGroupsTaggingAPIClient(await common())),
-    autoscaling: lazy(async () => new (await import('./autoscaling-sdk.ts')).AutoScalingClient(await common())),
+    ec2: lazy(async () => new (await sdk.ec2()).EC2Client(await common())),
+    elb: lazy(async () => new (await sdk.elb()).ElasticLoadBalancingClient(await common())),
+    elbv2: lazy(async () => new (await sdk.elbv2()).ElasticLoadBalancingV2Client(await common())),
+    tagging: lazy(async () => new (await sdk.tagging()).ResourceGroupsTaggingAPIClient(await common())),
+    autoscaling: lazy(async () => new (await sdk.autoscaling()).AutoScalingClient(await common())),
     calls,
     destroy() {
       for (const client of created) client.destroy();

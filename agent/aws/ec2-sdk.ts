@@ -1,5 +1,5 @@
 /**
- * The part of the EC2 SDK the agent uses. Only ever imported dynamically (`await import('./ec2-sdk.ts')`),
+ * The part of the EC2 SDK the agent uses. Only ever imported dynamically (`sdk.ec2()` in clients.ts),
  * so the build puts it in a chunk of its own, loaded the first time the agent calls EC2; naming each
  * export, instead of importing the package as a whole, lets the bundler leave out the hundreds of
  * commands the agent never sends.

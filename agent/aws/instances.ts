@@ -8,19 +8,18 @@
  */
 import type { EC2Client, Instance as Ec2Instance, NetworkInterface } from '@aws-sdk/client-ec2';
 import { InstanceNotFoundError, type Instance, type InstanceLookup, type InstanceRef } from '../drain/instance.ts';
+import { sdk } from './clients.ts';
 import { errorCode } from './errors.ts';
 import { cidrContains, ipFamily } from '../drain/addresses.ts';
 import { tagsFromList } from './tags.ts';
 import { describeSurvivors } from './batches.ts';
 import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 
-/** The EC2 SDK's commands: loaded with the client (AwsClients.ec2), so by then this costs nothing more. */
-const ec2Sdk = () => import('./ec2-sdk.ts');
 
 /** One instance by id, or undefined when EC2 does not know it. */
 export async function describeInstance(ec2: () => Promise<EC2Client>, id: string, signal?: AbortSignal): Promise<Ec2Instance | undefined> {
   const client = await ec2();
-  const { DescribeInstancesCommand } = await ec2Sdk();
+  const { DescribeInstancesCommand } = await sdk.ec2();
   try {
     const answer = await client.send(new DescribeInstancesCommand({ InstanceIds: [id] }), { abortSignal: signal });
     return answer.Reservations?.flatMap((reservation) => reservation.Instances ?? [])[0];
@@ -48,7 +47,7 @@ export class Ec2InstanceLookup implements InstanceLookup {
       itemKey: (id) => id,
       call: async (_key, ids, signal) => {
         const client = await this.ec2();
-        const { DescribeInstancesCommand } = await ec2Sdk();
+        const { DescribeInstancesCommand } = await sdk.ec2();
         // One unknown id fails the whole call: then one by one, so the others are still found.
         return describeSurvivors(
           ids,
@@ -69,7 +68,7 @@ export class Ec2InstanceLookup implements InstanceLookup {
 
   private async instanceIdByIp(ip: string, signal: AbortSignal): Promise<string | undefined> {
     const client = await this.ec2();
-    const { DescribeNetworkInterfacesCommand, paginateDescribeNetworkInterfaces } = await ec2Sdk();
+    const { DescribeNetworkInterfacesCommand, paginateDescribeNetworkInterfaces } = await sdk.ec2();
     // One precise query covers primary and secondary addresses of attached interfaces.
     const direct = await client.send(
       new DescribeNetworkInterfacesCommand({

@@ -11,7 +11,7 @@
  * one to catch load balancers created since.
  */
 import type { TargetGroup } from '@aws-sdk/client-elastic-load-balancing-v2';
-import type { AwsClients } from './clients.ts';
+import { sdk, type AwsClients } from './clients.ts';
 import { allOrPartial, type DiscoveryContext, type Membership } from '../drain/family.ts';
 import type { Logger } from '../log.ts';
 import { chunks, describeSurvivors } from './batches.ts';
@@ -49,10 +49,6 @@ export interface InventorySource {
 /** The DescribeTags limit of both ELB APIs. */
 export const DESCRIBE_TAGS_LIMIT = 20;
 const RESOURCE_TYPES = ['elasticloadbalancing:loadbalancer', 'elasticloadbalancing:targetgroup'];
-// The commands, from the modules the clients were loaded with (AwsClients): by the first call, already loaded.
-const taggingSdk = () => import('./tagging-sdk.ts');
-const elbSdk = () => import('./elb-sdk.ts');
-const elbv2Sdk = () => import('./elbv2-sdk.ts');
 
 export class TaggedInventory implements InventorySource {
   private inFlight: Promise<Inventory> | undefined;
@@ -131,7 +127,7 @@ export class TaggedInventory implements InventorySource {
 
   private async fromTaggingApi(signal: AbortSignal): Promise<Tagged> {
     const found = new Map<string, Tags>();
-    const [tagging, { GetResourcesCommand }] = await Promise.all([this.clients.tagging(), taggingSdk()]);
+    const [tagging, { GetResourcesCommand }] = await Promise.all([this.clients.tagging(), sdk.tagging()]);
     await Promise.all(
       clusterTagFilters(this.clusterName).map(async (filter) => {
         const TagFilters = [{ Key: filter.key, Values: filter.value === undefined ? undefined : [filter.value] }];
@@ -158,8 +154,8 @@ export class TaggedInventory implements InventorySource {
     const [elb, elbv2, { DescribeTagsCommand: DescribeClassicTagsCommand }, { DescribeTagsCommand }] = await Promise.all([
       this.clients.elb(),
       this.clients.elbv2(),
-      elbSdk(),
-      elbv2Sdk(),
+      sdk.elb(),
+      sdk.elbv2(),
     ]);
 
     await Promise.all([
@@ -194,7 +190,7 @@ export class TaggedInventory implements InventorySource {
 
   private async groupsOfLoadBalancer(loadBalancerArn: string, signal: AbortSignal): Promise<TargetGroup[]> {
     const groups: TargetGroup[] = [];
-    const [elbv2, { DescribeTargetGroupsCommand }] = await Promise.all([this.clients.elbv2(), elbv2Sdk()]);
+    const [elbv2, { DescribeTargetGroupsCommand }] = await Promise.all([this.clients.elbv2(), sdk.elbv2()]);
     try {
       let marker: string | undefined;
       do {
@@ -213,7 +209,7 @@ export class TaggedInventory implements InventorySource {
   }
 
   private async groupsByArn(arns: string[], signal: AbortSignal): Promise<TargetGroup[]> {
-    const [elbv2, { DescribeTargetGroupsCommand }] = await Promise.all([this.clients.elbv2(), elbv2Sdk()]);
+    const [elbv2, { DescribeTargetGroupsCommand }] = await Promise.all([this.clients.elbv2(), sdk.elbv2()]);
     return describeSurvivors(
       arns,
       async (batch) => (await whileThrottled(() => elbv2.send(new DescribeTargetGroupsCommand({ TargetGroupArns: batch }), { abortSignal: signal }), signal)).TargetGroups ?? [],
@@ -223,7 +219,7 @@ export class TaggedInventory implements InventorySource {
 
   private async allClassicNames(signal: AbortSignal): Promise<string[]> {
     const names: string[] = [];
-    const [client, { paginateDescribeLoadBalancers }] = await Promise.all([this.clients.elb(), elbSdk()]);
+    const [client, { paginateDescribeLoadBalancers }] = await Promise.all([this.clients.elb(), sdk.elb()]);
     // PageSize goes in the input: the paginator's pageSize is not passed on by this API's paginator.
     for await (const page of paginateDescribeLoadBalancers({ client }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
@@ -234,7 +230,7 @@ export class TaggedInventory implements InventorySource {
 
   private async allElbv2Arns(signal: AbortSignal): Promise<string[]> {
     const arns: string[] = [];
-    const [client, { paginateDescribeLoadBalancers, paginateDescribeTargetGroups }] = await Promise.all([this.clients.elbv2(), elbv2Sdk()]);
+    const [client, { paginateDescribeLoadBalancers, paginateDescribeTargetGroups }] = await Promise.all([this.clients.elbv2(), sdk.elbv2()]);
     for await (const page of paginateDescribeLoadBalancers({ client }, { PageSize: 400 }, { abortSignal: signal })) {
       signal.throwIfAborted();
       for (const lb of page.LoadBalancers ?? []) if (lb.LoadBalancerArn) arns.push(lb.LoadBalancerArn);

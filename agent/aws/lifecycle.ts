@@ -14,6 +14,7 @@ import type { DrainHandle } from '../drain/drainer.ts';
 import type { Instance } from '../drain/instance.ts';
 import type { DrainStatus, LifecycleActionStatus } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
+import { sdk } from './clients.ts';
 import { errorCode, errorMessage } from './errors.ts';
 
 /** ASG_LIFECYCLE_HOOK: hold the termination hook of this name, or leave every hook alone. */
@@ -27,8 +28,6 @@ export interface HookTarget {
 
 export const GROUP_TAG = 'aws:autoscaling:groupName';
 const TERMINATING = 'autoscaling:EC2_INSTANCE_TERMINATING';
-/** The commands, from the module the client was loaded with (AwsClients.autoscaling): by the first call, already loaded. */
-const autoscalingSdk = () => import('./autoscaling-sdk.ts');
 /** What Auto Scaling answers when no action waits (already completed, or the hook belongs to someone who finished). */
 const NO_ACTIVE_ACTION = /no active lifecycle action/i;
 
@@ -52,7 +51,7 @@ export class LifecycleHolder {
       this.logger.info({ instanceId: instance.id }, 'the instance is in no Auto Scaling group: there is no lifecycle hook to hold');
       return undefined;
     }
-    const { DescribeLifecycleHooksCommand } = await autoscalingSdk();
+    const { DescribeLifecycleHooksCommand } = await sdk.autoscaling();
     const answer = await autoscaling.send(new DescribeLifecycleHooksCommand({ AutoScalingGroupName: group, LifecycleHookNames: [name] }), { abortSignal: signal });
     const hook = (answer.LifecycleHooks ?? []).find((candidate) => candidate.LifecycleHookName === name);
     const log = this.logger.child({ instanceId: instance.id, group, hook: name });
@@ -76,7 +75,7 @@ export class LifecycleHolder {
    * without them); undefined when it is in none.
    */
   private async groupOf(autoscaling: AutoScalingClient, instanceId: string, signal: AbortSignal): Promise<string | undefined> {
-    const { DescribeAutoScalingInstancesCommand } = await autoscalingSdk();
+    const { DescribeAutoScalingInstancesCommand } = await sdk.autoscaling();
     const answer = await autoscaling.send(new DescribeAutoScalingInstancesCommand({ InstanceIds: [instanceId] }), { abortSignal: signal });
     return answer.AutoScalingInstances?.find((candidate) => candidate.InstanceId === instanceId)?.AutoScalingGroupName;
   }
@@ -99,7 +98,7 @@ export class LifecycleHolder {
 
     const params = { AutoScalingGroupName: target.group, LifecycleHookName: target.hook, InstanceId: instanceId, LifecycleActionResult: 'CONTINUE' };
     try {
-      const { CompleteLifecycleActionCommand } = await autoscalingSdk();
+      const { CompleteLifecycleActionCommand } = await sdk.autoscaling();
       await autoscaling.send(new CompleteLifecycleActionCommand(params), { abortSignal: AbortSignal.timeout(10_000) });
       status.outcome = 'completed';
       log.info({ drainState: drain.state, heartbeats: status.heartbeats }, 'lifecycle action completed: CONTINUE');
@@ -134,7 +133,7 @@ export class LifecycleHolder {
         return; // the drain finished
       }
       try {
-        const { RecordLifecycleActionHeartbeatCommand } = await autoscalingSdk();
+        const { RecordLifecycleActionHeartbeatCommand } = await sdk.autoscaling();
         await autoscaling.send(
           new RecordLifecycleActionHeartbeatCommand({ AutoScalingGroupName: target.group, LifecycleHookName: target.hook, InstanceId: instanceId }),
           { abortSignal: AbortSignal.timeout(Math.min(intervalMs, 10_000)) },

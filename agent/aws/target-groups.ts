@@ -10,7 +10,7 @@
  * every drain's targets of the group.
  */
 import type { ElasticLoadBalancingV2Client, TargetDescription, TargetGroup, TargetHealthDescription } from '@aws-sdk/client-elastic-load-balancing-v2';
-import type { LazyClient } from './clients.ts';
+import { sdk, type LazyClient } from './clients.ts';
 import { BATCH_WINDOW_MS, Coalescer } from './coalescer.ts';
 import { allOrPartial, type CallContext, type DiscoveryContext, type LoadBalancerFamily, type Membership, type OutCheck, type Scope } from '../drain/family.ts';
 import type { Instance } from '../drain/instance.ts';
@@ -36,8 +36,6 @@ const TARGET_ABSENT = 'InvalidTarget';
 const SERVING_STATES = new Set(['initial', 'healthy', 'unhealthy', 'unhealthy.draining', 'unavailable']);
 /** AWS documents no per-call limit for DeregisterTargets; calls of this size stay well within request limits. */
 const TARGETS_PER_CALL = 100;
-/** The commands, from the module the client was loaded with (AwsClients.elbv2): by the first call, already loaded. */
-const elbv2Sdk = () => import('./elbv2-sdk.ts');
 
 export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembership> {
   readonly name = 'target-group';
@@ -53,7 +51,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     batchWindowMs = BATCH_WINDOW_MS,
   ) {
     const describe = async (arn: string, targets: TargetDescription[] | undefined, signal: AbortSignal) => {
-      const { DescribeTargetHealthCommand } = await elbv2Sdk();
+      const { DescribeTargetHealthCommand } = await sdk.elbv2();
       return (await (await this.elbv2()).send(new DescribeTargetHealthCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal })).TargetHealthDescriptions ?? [];
     };
     this.health = new Coalescer({
@@ -105,7 +103,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   /** One call for all; an emulator's InvalidTarget for one absent target would fail the rest, so then one by one. */
   private async deregisterEach(arn: string, targets: TargetDescription[], signal: AbortSignal): Promise<void> {
     try {
-      const { DeregisterTargetsCommand } = await elbv2Sdk();
+      const { DeregisterTargetsCommand } = await sdk.elbv2();
       await (await this.elbv2()).send(new DeregisterTargetsCommand({ TargetGroupArn: arn, Targets: targets }), { abortSignal: signal });
     } catch (error) {
       if (errorCode(error) !== TARGET_ABSENT) throw error;
@@ -134,7 +132,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
   }
 
   async register(membership: TargetGroupMembership, ctx: CallContext): Promise<void> {
-    const { RegisterTargetsCommand } = await elbv2Sdk();
+    const { RegisterTargetsCommand } = await sdk.elbv2();
     await (await this.elbv2()).send(new RegisterTargetsCommand({ TargetGroupArn: membership.arn, Targets: [...membership.targets] }), { abortSignal: ctx.signal });
   }
 
