@@ -22,6 +22,8 @@ import { HAND_OVER_TIMING, handOverTo, stillKeptOutBy } from './coordinator/hand
 import { PeerRecheck } from './coordinator/peer-recheck.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
+import { fixedSecret, SecretFile, type ApiSecret } from './http/api-secret.ts';
+import { PodTokens } from './http/pod-tokens.ts';
 import { createApiServer, NotReadyError, RefusedRequestError, type AgentApi, type DrainRequest, type Readiness } from './http/server.ts';
 import type { ImdsClient, InstanceIdentity } from './imds/client.ts';
 import { NoticesWatcher } from './imds/notices.ts';
@@ -78,6 +80,8 @@ class Agent implements AgentApi {
   private readonly imds: ImdsClient;
   private readonly kube: KubeClient | undefined;
   private readonly keeper: NodeKeeper | undefined;
+  /** The admin secret as it is now: SECRET_FILE is followed as kubelet rewrites it. */
+  private readonly secret: ApiSecret;
   private running: Running | undefined;
   private notReadyBecause = 'starting: finding the instance, VPC and cluster';
   private shuttingDown = false;
@@ -109,13 +113,21 @@ class Agent implements AgentApi {
     this.kube = access ? createKubeClient(access, { logger: logger.child({ component: 'kube' }) }) : undefined;
     this.keeper =
       this.kube && config.nodeName ? new NodeKeeper(this.kube, config.nodeName, config.podName ?? 'hasta-la-vista', logger.child({ component: 'keep-out' })) : undefined;
+    this.secret = config.secretFile ? new SecretFile(config.secretFile, config.secret!, logger.child({ component: 'api' })) : fixedSecret(config.secret!);
+  }
+
+  /** Pods' own tokens, for their scoped drains: with TOKEN_AUDIENCE, Kubernetes access and NODE_NAME. */
+  private podTokens(): { tokens: PodTokens; nodeName: string } | undefined {
+    const { tokenAudience, nodeName } = this.config;
+    return this.kube && nodeName && tokenAudience ? { tokens: new PodTokens(this.kube, tokenAudience), nodeName } : undefined;
   }
 
   async run(): Promise<ExitCode> {
     this.logger.info({ version: this.version, config: describeConfig(this.config) }, 'hasta-la-vista starting');
-    const server = createApiServer({ secret: this.config.secret!, agent: this, metrics: this.metrics, logger: this.logger.child({ component: 'api' }) });
-    await listen(server, this.config.port);
-    this.logger.info({ port: this.config.port }, 'API listening');
+    const podTokens = this.podTokens();
+    const server = createApiServer({ secret: this.secret, podTokens, agent: this, metrics: this.metrics, logger: this.logger.child({ component: 'api' }) });
+    await listen(server, this.config.port, this.config.bindAddress);
+    this.logger.info({ port: this.config.port, address: this.config.bindAddress ?? 'all', podTokens: podTokens ? { audience: podTokens.tokens.audience } : 'refused' }, 'API listening');
 
     const signalled = new Promise<NodeJS.Signals>((resolve) => {
       process.once('SIGTERM', () => resolve('SIGTERM'));
@@ -423,10 +435,15 @@ class Agent implements AgentApi {
    * `asg`: hold it with the lifecycle hook (an ASG termination always is); `pod`: the caller of a scoped
    * drain, not counted as another ready endpoint.
    */
-  private async drainSelf(trigger: Trigger, deadline: Date, scope: Scope, { asg = trigger === 'asg-termination', pod }: { asg?: boolean; pod?: string } = {}): Promise<DrainHandle> {
-    const { drainer, self, services, own } = this.running!;
+  private async drainSelf(
+    trigger: Trigger,
+    deadline: Date,
+    scope: Scope,
+    { asg = trigger === 'asg-termination', pod, caller }: { asg?: boolean; pod?: string; caller?: string } = {},
+  ): Promise<DrainHandle> {
+    const { drainer, services, own } = this.running!;
     const instance = await own.read();
-    if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services, pod);
+    if (scope.kind === 'service' && services) return this.drainSelfFromService(instance, trigger, deadline, scope, services, { pod, caller });
     const whole = scope.kind === 'all' && !this.config.dryRun;
     const handle = drainer.start(instance, { trigger, scope, deadline, dryRun: this.config.dryRun }, { capped: false, run: whole ? this.handOver() : undefined });
     if (whole) this.wholeDrainStarted = true;
@@ -435,7 +452,7 @@ class Agent implements AgentApi {
       this.track(this.keeper.exclude(trigger).catch((error: unknown) => this.logger.error({ err: error }, 'could not label the node: controllers may register it again')));
     }
     if (!handle.joined) {
-      this.track(this.keeper?.event('DrainStarted', `Draining ${self.instanceId} (${trigger}) from its load balancers until ${deadline.toISOString()}`, 'Normal'));
+      this.drainStarted(trigger, scope, deadline, caller);
       this.track(
         handle.done.then(async (status) => {
           if (whole) {
@@ -450,6 +467,13 @@ class Agent implements AgentApi {
     return asg ? this.heldByHook(instance, handle) : handle;
   }
 
+  /** The node's Event for a drain of it that starts, naming who asked when a pod did. */
+  private drainStarted(trigger: Trigger, scope: Scope, deadline: Date, caller: string | undefined): void {
+    const from = scope.kind === 'all' ? 'its load balancers' : `the load balancers of Service ${scope.namespace}/${scope.name}`;
+    const asked = caller ? `, asked by ${caller}` : '';
+    this.track(this.keeper?.event('DrainStarted', `Draining ${this.running!.self.instanceId} (${trigger}) from ${from} until ${deadline.toISOString()}${asked}`, 'Normal'));
+  }
+
   /** Hands this node's drain to the coordinator, when another agent coordinates; undefined: drain alone. */
   private handOver(): DrainRunner | undefined {
     const { coordination, drainer } = this.running!;
@@ -457,7 +481,7 @@ class Agent implements AgentApi {
     if (!coordination || !coordinator) return undefined;
     return handOverTo({
       coordinator,
-      secret: this.config.secret!,
+      secret: this.secret.current(),
       peer: this.config.podName!,
       stillCoordinating: (current) => !coordination.replaced(current),
       successor: (after, waitMs, signal) => coordination.successor(after, waitMs, signal),
@@ -477,7 +501,7 @@ class Agent implements AgentApi {
     deadline: Date,
     scope: Extract<Scope, { kind: 'service' }>,
     services: LocalServices,
-    callerPod: string | undefined,
+    { pod: callerPod, caller }: { pod?: string; caller?: string },
   ): Promise<DrainHandle> {
     const { drainer } = this.running!;
     const service = `${scope.namespace}/${scope.name}`;
@@ -491,6 +515,7 @@ class Agent implements AgentApi {
       this.logger.warn({ err: error, service }, 'could not read the Service\'s EndpointSlices: draining anyway');
     }
     const handle = drainer.start(instance, options, { capped: false });
+    if (!handle.joined) this.drainStarted(trigger, scope, deadline, caller);
     if (handle.joined || this.config.dryRun) return handle;
     // Answered only once the memory is on the Node: a crash right after the answer forgets nothing.
     const done = handle.done.then(async (status) => {
@@ -546,7 +571,7 @@ class Agent implements AgentApi {
   private async keptOutBy(servedBy: string, instance: Instance): Promise<boolean> {
     const current = this.running?.coordination?.coordinator();
     if (current?.identity !== servedBy) return false;
-    return stillKeptOutBy(current, instance.id, { secret: this.config.secret!, peer: this.config.podName!, answerMs: HAND_OVER_TIMING.answerMs });
+    return stillKeptOutBy(current, instance.id, { secret: this.secret.current(), peer: this.config.podName!, answerMs: HAND_OVER_TIMING.answerMs });
   }
 
   // ---- the API's view
@@ -641,12 +666,14 @@ class Agent implements AgentApi {
   }
 }
 
-async function listen(server: Server, port: number): Promise<void> {
-  server.listen(port);
+async function listen(server: Server, port: number, address: string | undefined): Promise<void> {
+  server.listen(port, address);
   try {
     await once(server, 'listening');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    throw new Error(code === 'EADDRINUSE' ? `PORT ${port} is already in use on this host: set PORT (and the chart's hostPort) to a free port` : String(error));
+    if (code === 'EADDRINUSE') throw new Error(`PORT ${port} is already in use on this host: set PORT (and the chart's hostPort) to a free port`);
+    if (code === 'EADDRNOTAVAIL') throw new Error(`BIND_ADDRESS ${address} is not an address of this host: set one it has (the chart's $(HOST_IP)), or leave it unset`);
+    throw new Error(String(error));
   }
 }

@@ -4,6 +4,8 @@
  * Every problem is collected and reported together, so a user fixes their manifest once, not once per
  * variable. Messages name the variable, the bad value (never the secret's) and what is accepted.
  */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { ipFamily } from './drain/addresses.ts';
 import type { HookSetting } from './aws/lifecycle.ts';
 import type { LogLevel } from './log.ts';
@@ -11,8 +13,17 @@ import type { LogLevel } from './log.ts';
 export type SigtermPolicy = 'auto' | 'always' | 'never';
 
 export interface Config {
-  /** Absent only for the one-shot command, which serves no API. */
+  /** The admin secret of the API as it was at start-up; absent only for the one-shot command, which serves no API. */
   readonly secret: string | undefined;
+  /** SECRET_FILE: where the secret is read from, and re-read when it changes (a mounted Secret); it takes precedence over SECRET. */
+  readonly secretFile: string | undefined;
+  /**
+   * TOKEN_AUDIENCE: the audience of the projected ServiceAccount tokens pods may present (checked with a
+   * TokenReview) for a scoped drain of their own node; undefined (`off`): pod tokens are refused.
+   */
+  readonly tokenAudience: string | undefined;
+  /** BIND_ADDRESS: the one address the API listens on; undefined: all of them. */
+  readonly bindAddress: string | undefined;
   /** Unset: taken from IMDS at start-up. */
   readonly region: string | undefined;
   readonly logLevel: LogLevel;
@@ -131,6 +142,8 @@ export const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 // Tag values allow more, but a cluster name is a DNS-ish label in every installer we know of.
 const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MIN_SECRET_LENGTH = 16;
+/** What the chart's projected token volume asks for, and the agent expects unless told otherwise. */
+export const DEFAULT_TOKEN_AUDIENCE = 'hasta-la-vista';
 // What Auto Scaling allows in a lifecycle hook's name.
 const HOOK = /^[A-Za-z0-9_/-]{1,255}$/;
 /** EKS managed node groups' own termination hook: EKS holds the instance with it while it evicts the pods. */
@@ -153,6 +166,50 @@ function whyHookRefused(name: string): string | undefined {
   return undefined;
 }
 
+/** SECRET_FILE if set (read now, to report a problem at once; the agent follows it afterwards), else SECRET. */
+function adminSecret(read: EnvReader, file: string | undefined): string | undefined {
+  if (file === undefined) {
+    const value = read.raw('SECRET');
+    const problem = secretProblem(value, 'SECRET');
+    if (problem !== undefined) read.problems.push(value === undefined ? `${problem} (the Helm chart generates one), or set SECRET_FILE to a file that holds it` : problem);
+    return value;
+  }
+  let value: string;
+  try {
+    value = readSecretFile(file);
+  } catch (error) {
+    read.problems.push(`SECRET_FILE=${JSON.stringify(file)} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)}): mount the Secret there, or correct the path`);
+    return undefined;
+  }
+  const problem = secretProblem(value, `the secret in SECRET_FILE=${JSON.stringify(file)}`);
+  if (problem !== undefined) read.problems.push(problem);
+  return value;
+}
+
+/** The secret a file holds: its text without the surrounding whitespace (a trailing newline, say). */
+export function readSecretFile(path: string): string {
+  return readFileSync(path, 'utf8').trim();
+}
+
+/** What is wrong with an admin secret, if anything; the value itself is never part of the message. */
+export function secretProblem(value: string | undefined, what: string): string | undefined {
+  if (value === undefined || value === '') return `${what} is not set: the /drain API needs a shared secret`;
+  const length = characters(value);
+  if (length < MIN_SECRET_LENGTH) return `${what} is ${length} characters long: use at least ${MIN_SECRET_LENGTH} random characters`;
+  return undefined;
+}
+
+/** The audience a pod's projected token must carry: unset is `hasta-la-vista`; `off` accepts no pod tokens. */
+function tokenAudience(read: EnvReader): string | undefined {
+  const value = read.matching('TOKEN_AUDIENCE', /^[!-~]{1,253}$/, 'off, or the audience of the projected ServiceAccount tokens that pods present (printable ASCII, no spaces; up to 253)') ?? DEFAULT_TOKEN_AUDIENCE;
+  return value.toLowerCase() === 'off' ? undefined : value;
+}
+
+/** 0.0.0.0 or ::, which listen on every address, HOST_IP included. */
+function isUnspecified(address: string): boolean {
+  return address === '0.0.0.0' || /^[0:]+$/.test(address);
+}
+
 /** Characters as the chart's schema counts them (code points), not UTF-16 units: one rule on both sides. */
 function characters(text: string): number {
   return [...text].length;
@@ -161,15 +218,8 @@ function characters(text: string): number {
 export function loadConfig(env: Env, mode: Mode): Config {
   const read = new EnvReader(env);
 
-  const secret = read.raw('SECRET');
-  if (mode === 'agent') {
-    if (secret === undefined) {
-      read.problems.push('SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one)');
-    } else if (characters(secret) < MIN_SECRET_LENGTH) {
-      // The value itself is never echoed, only its length.
-      read.problems.push(`SECRET is ${characters(secret)} characters long: use at least ${MIN_SECRET_LENGTH} random characters`);
-    }
-  }
+  const secretFile = read.raw('SECRET_FILE');
+  const secret = mode === 'agent' ? adminSecret(read, secretFile) : read.raw('SECRET');
 
   const cloudProvider = read.raw('CLOUDPROVIDER') ?? 'aws';
   if (cloudProvider.toLowerCase() !== 'aws') {
@@ -179,6 +229,9 @@ export function loadConfig(env: Env, mode: Mode): Config {
   const drainTimeoutMs = read.seconds('DRAIN_TIMEOUT', 120, 1, 3600);
   const config: Config = {
     secret,
+    secretFile,
+    tokenAudience: tokenAudience(read),
+    bindAddress: read.matching('BIND_ADDRESS', { test: (text: string) => isIP(text) !== 0 }, 'an IPv4 or IPv6 address of this host (the chart\'s config.bindAddress; $(HOST_IP) for the node\'s own), or unset for all of them'),
     region: read.matching('AWS_REGION', REGION, 'an AWS region name such as us-east-1'),
     logLevel: read.oneOf('LOGLEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
     clusterName: read.matching('CLUSTERNAME', CLUSTER_NAME, 'a cluster name (letters, digits, ".", "_", "-"; up to 100)'),
@@ -210,6 +263,13 @@ export function loadConfig(env: Env, mode: Mode): Config {
 
   if ((config.podName === undefined) !== (config.podNamespace === undefined)) {
     read.problems.push('POD_NAME and POD_NAMESPACE go together: set both from the downward API, or neither');
+  }
+
+  const { bindAddress, hostIp } = config;
+  if (bindAddress !== undefined && hostIp !== undefined && bindAddress !== hostIp && config.coordination === 'auto' && !isUnspecified(bindAddress)) {
+    read.problems.push(
+      `BIND_ADDRESS=${bindAddress} leaves out HOST_IP (${hostIp}), where the other agents reach this one when it coordinates: set BIND_ADDRESS to HOST_IP (the chart's $(HOST_IP)) or leave it unset, or set COORDINATION=off`,
+    );
   }
 
   if (read.problems.length > 0) throw new ConfigError(read.problems);

@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -270,6 +272,10 @@ describe('loadConfig: invalid values, the exact message a user sees', () => {
     ['CLUSTERNAME', 'c'.repeat(101), `CLUSTERNAME="${'c'.repeat(101)}" is not a cluster name (letters, digits, ".", "_", "-"; up to 100)`],
     ['CLOUDPROVIDER', 'gcp', 'CLOUDPROVIDER="gcp" is not supported: the only provider is aws'],
     ['CLOUDPROVIDER', 'azure', 'CLOUDPROVIDER="azure" is not supported: the only provider is aws'],
+    ['BIND_ADDRESS', 'localhost', 'BIND_ADDRESS="localhost" is not an IPv4 or IPv6 address of this host (the chart\'s config.bindAddress; $(HOST_IP) for the node\'s own), or unset for all of them'],
+    // What a chart renders when HOST_IP is not defined before BIND_ADDRESS: Kubernetes leaves it as written.
+    ['BIND_ADDRESS', '$(HOST_IP)', 'BIND_ADDRESS="$(HOST_IP)" is not an IPv4 or IPv6 address of this host (the chart\'s config.bindAddress; $(HOST_IP) for the node\'s own), or unset for all of them'],
+    ['TOKEN_AUDIENCE', 'my audience', 'TOKEN_AUDIENCE="my audience" is not off, or the audience of the projected ServiceAccount tokens that pods present (printable ASCII, no spaces; up to 253)'],
   ];
   for (const [name, value, message] of cases) {
     it(`${name}=${JSON.stringify(value.length > 24 ? `${value.slice(0, 8)}…` : value)} is rejected: ${message.length > 70 ? `${message.slice(0, 70)}…` : message}`, () => {
@@ -296,7 +302,7 @@ describe('loadConfig: invalid values, the exact message a user sees', () => {
 describe('loadConfig: SECRET', () => {
   it('is required by the agent, with a message that says why', () => {
     assert.deepEqual(problemsOf({}, 'agent'), [
-      'SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one)',
+      'SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one), or set SECRET_FILE to a file that holds it',
     ]);
   });
 
@@ -308,7 +314,7 @@ describe('loadConfig: SECRET', () => {
 
   it('blank counts as unset', () => {
     assert.deepEqual(problemsOf({ SECRET: '   ' }, 'agent'), [
-      'SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one)',
+      'SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one), or set SECRET_FILE to a file that holds it',
     ]);
   });
 
@@ -338,6 +344,55 @@ describe('loadConfig: SECRET', () => {
   });
 });
 
+describe('loadConfig: SECRET_FILE', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hlv-config-'));
+  const file = (name: string, text: string) => {
+    const path = join(dir, name);
+    writeFileSync(path, text);
+    return path;
+  };
+
+  it('is read at start, without the trailing newline a mounted Secret may carry, and takes precedence over SECRET', () => {
+    const path = file('secret', 'Secret-from-a-file-0042\n');
+    const config = loadConfig({ SECRET_FILE: path, SECRET: GOOD_SECRET }, 'agent');
+    assert.equal(config.secret, 'Secret-from-a-file-0042');
+    assert.equal(config.secretFile, path);
+  });
+
+  it('an unreadable or short file is a problem naming the file, never the value', () => {
+    const missing = join(dir, 'missing');
+    assert.deepEqual(problemsOf({ SECRET_FILE: missing }), [`SECRET_FILE=${JSON.stringify(missing)} cannot be read (ENOENT): mount the Secret there, or correct the path`]);
+    const short = file('short', 'Hunt3r2-pw!');
+    assert.deepEqual(problemsOf({ SECRET_FILE: short }), [`the secret in SECRET_FILE=${JSON.stringify(short)} is 11 characters long: use at least 16 random characters`]);
+    const empty = file('empty', '\n');
+    assert.deepEqual(problemsOf({ SECRET_FILE: empty }), [`the secret in SECRET_FILE=${JSON.stringify(empty)} is not set: the /drain API needs a shared secret`]);
+  });
+});
+
+describe('loadConfig: TOKEN_AUDIENCE and BIND_ADDRESS', () => {
+  it('pod tokens are accepted for audience hasta-la-vista unless told otherwise; off refuses them', () => {
+    assert.equal(load({}).tokenAudience, 'hasta-la-vista');
+    assert.equal(load({ TOKEN_AUDIENCE: 'hlv-prod' }).tokenAudience, 'hlv-prod');
+    assert.equal(load({ TOKEN_AUDIENCE: 'off' }).tokenAudience, undefined);
+    assert.equal(load({ TOKEN_AUDIENCE: 'OFF' }).tokenAudience, undefined);
+  });
+
+  it('the API listens on every address unless BIND_ADDRESS names one', () => {
+    assert.equal(load({}).bindAddress, undefined);
+    assert.equal(load({ BIND_ADDRESS: '10.0.1.23' }).bindAddress, '10.0.1.23');
+    assert.equal(load({ BIND_ADDRESS: 'fd00::17' }).bindAddress, 'fd00::17');
+  });
+
+  it('a BIND_ADDRESS that leaves out HOST_IP is refused while coordinating: the other agents could not reach this one', () => {
+    assert.deepEqual(problemsOf({ SECRET: GOOD_SECRET, BIND_ADDRESS: '127.0.0.1', HOST_IP: '10.0.1.23' }), [
+      "BIND_ADDRESS=127.0.0.1 leaves out HOST_IP (10.0.1.23), where the other agents reach this one when it coordinates: set BIND_ADDRESS to HOST_IP (the chart's $(HOST_IP)) or leave it unset, or set COORDINATION=off",
+    ]);
+    for (const env of [{ BIND_ADDRESS: '10.0.1.23' }, { BIND_ADDRESS: '0.0.0.0' }, { BIND_ADDRESS: '::' }, { BIND_ADDRESS: '127.0.0.1', COORDINATION: 'off' }]) {
+      assert.equal(load({ HOST_IP: '10.0.1.23', ...env }).bindAddress, env.BIND_ADDRESS);
+    }
+  });
+});
+
 describe('loadConfig: all problems at once', () => {
   it('reports every bad variable in one ConfigError, one problem a line', () => {
     const error = configError(
@@ -345,7 +400,7 @@ describe('loadConfig: all problems at once', () => {
       'agent',
     );
     const expected = [
-      'SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one)',
+      'SECRET is not set: the /drain API needs a shared secret (the Helm chart generates one), or set SECRET_FILE to a file that holds it',
       'PORT="abc" is not a whole number from 1 to 65535',
       'POLL_INTERVAL="0" is not a whole number of seconds from 1 to 60',
       'DRY_RUN="maybe" is not a boolean: use true or false (or 1/0, yes/no)',
@@ -382,6 +437,8 @@ describe('loadConfig: all problems at once', () => {
       MAX_CONCURRENT_DRAINS: 'x',
       TERMINATION_GRACE_PERIOD: 'x',
       ASG_LIFECYCLE_HOOK: 'x y',
+      BIND_ADDRESS: 'x',
+      TOKEN_AUDIENCE: 'x y',
     };
     const problems = problemsOf(bad, 'agent');
     // POD_NAME's problem names POD_NAMESPACE as well; every other variable is the first word of its problem.

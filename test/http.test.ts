@@ -13,6 +13,7 @@ import { InstanceNotFoundError } from '../agent/drain/instance.ts';
 import type { DrainState, DrainStatus } from '../agent/drain/status.ts';
 import { createApiServer, NotReadyError, type AgentApi, type DrainRequest } from '../agent/http/server.ts';
 import { GuessLimiter } from '../agent/http/guess-limiter.ts';
+import { fixedSecret } from '../agent/http/api-secret.ts';
 import { createLogger, silentLogger, type Logger } from '../agent/log.ts';
 import { Metrics } from '../agent/metrics.ts';
 import { parseAnswer, rawExchange, rawRequest, trickle, type RawAnswer, type RawRequest } from './helpers/reliability-http.ts';
@@ -60,7 +61,7 @@ const forgetFailures = () => (clock += 3_600_000);
 
 function apiServer(logger: Logger): Server {
   return createApiServer({
-    secret: SECRET,
+    secret: fixedSecret(SECRET),
     metrics: new Metrics(),
     logger,
     guessLimiter: new GuessLimiter(10, 6_000, 10_000, () => clock),

@@ -1,11 +1,16 @@
-/** Who may drain: whoever holds the secret, given as ?pw= or as "Authorization: Bearer". */
+/** The admin secret as a request offers it (?pw= or "Authorization: Bearer"), and its constant-time comparison. */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 
+/** The credential of an "Authorization: Bearer" header: the secret, or a pod's token. */
+export function bearerOf(req: IncomingMessage): string | undefined {
+  const header = req.headers.authorization;
+  return header !== undefined && /^Bearer\s+/i.test(header) ? header.replace(/^Bearer\s+/i, '') : undefined;
+}
+
 /** The secret the request offers, if any. A request that offers two different ones offers none. */
 export function offeredSecret(req: IncomingMessage, query: URLSearchParams): string | undefined {
-  const header = req.headers.authorization;
-  const bearer = header !== undefined && /^Bearer\s+/i.test(header) ? header.replace(/^Bearer\s+/i, '') : undefined;
+  const bearer = bearerOf(req);
   const fromQuery = query.getAll('pw');
   const offered = [...fromQuery, ...(bearer === undefined ? [] : [bearer])];
   const distinct = new Set(offered);

@@ -15,8 +15,11 @@ import { VPC_ID } from '../config.ts';
 import { isFinished, type DrainStatus } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
-import { offeredSecret, secretMatches } from './auth.ts';
+import type { ApiSecret } from './api-secret.ts';
+import { bearerOf, offeredSecret } from './auth.ts';
 import { GuessLimiter } from './guess-limiter.ts';
+import { whyPodRefused } from './pod-permissions.ts';
+import { describeCaller, looksLikeToken, TokenRefusedError, TokenReviewsBusyError, TokenReviewUnavailableError, type PodCaller, type PodTokens } from './pod-tokens.ts';
 
 export interface DrainRequest {
   /** Undefined: this node. */
@@ -29,6 +32,8 @@ export interface DrainRequest {
   readonly pod?: string;
   /** Set when a peer agent hands its node's drain to this one, the coordinator. */
   readonly peer?: PeerHandOver;
+  /** Who asked, for the node's Events: set for a pod that presented its token. */
+  readonly caller?: string;
 }
 
 /** A dying peer's hand-over: its pod name, and its instance as its IMDS describes it, so the coordinator need not ask EC2. */
@@ -61,7 +66,9 @@ export class RefusedRequestError extends Error {
 }
 
 export interface ApiServerOptions {
-  readonly secret: string;
+  readonly secret: ApiSecret;
+  /** Pods' own tokens, when the agent accepts them (TOKEN_AUDIENCE, Kubernetes access, NODE_NAME). */
+  readonly podTokens?: { readonly tokens: PodTokens; readonly nodeName: string };
   readonly agent: AgentApi;
   readonly metrics: Metrics;
   readonly logger: Logger;
@@ -128,6 +135,10 @@ const CLIENT_ERRORS: Record<string, { readonly status: string; readonly error: s
 
 /** What a client sees when the agent itself failed; the cause is in its log, never in the answer. */
 const INTERNAL_ERROR = 'internal error in the agent: its log has the cause ("API request failed unexpectedly"); try again, and report it if it persists';
+
+/** Who a request comes from, once authenticated. */
+type Caller = { readonly kind: 'admin' } | { readonly kind: 'pod'; readonly pod: PodCaller };
+const ADMIN: Caller = { kind: 'admin' };
 
 class HttpError extends Error {
   constructor(
@@ -206,9 +217,12 @@ async function handle(
   if (!route) throw new HttpError(404, `no such endpoint ${JSON.stringify(url.pathname.slice(0, 200))}: the API has ${ROUTES.map(shown).join(', ')}`);
   setRoute(route.name);
   allowMethods(req, route);
-  if (route.authenticated) authenticate(req, client, url.searchParams, options.secret, limiter);
+  const caller = route.authenticated ? await authenticate(req, client, url.searchParams, options, limiter) : ADMIN;
   const body = await readBody(req);
   checkParameters(url.searchParams, route);
+  if (caller.kind === 'pod' && route.name !== 'drain') {
+    throw refusePod(options, caller.pod, `a pod token may only POST /drain?service=${caller.pod.namespace}/<service>; ${shown(route)} needs the admin secret`);
+  }
 
   switch (route.name) {
     case 'healthz': {
@@ -226,7 +240,7 @@ async function handle(
       // An instance id needs no decoding: taken as sent, anything else is simply not an id.
       return statusRoute(res, url.pathname.slice(STATUS_PREFIX.length), options.agent);
     case 'drain':
-      return drainRoute(req, res, url.searchParams, body, options.agent);
+      return drainRoute(req, res, url.searchParams, body, caller, options);
   }
 }
 
@@ -256,15 +270,46 @@ function allowMethods(req: IncomingMessage, { methods, path }: Route): void {
   if (!methods.includes(req.method ?? '')) throw new HttpError(405, `method ${req.method} is not allowed on ${path}: use ${methods.join(' or ')}`, { allow: methods.join(', ') });
 }
 
-function authenticate(req: IncomingMessage, address: string, query: URLSearchParams, secret: string, limiter: GuessLimiter): void {
+async function authenticate(req: IncomingMessage, address: string, query: URLSearchParams, options: ApiServerOptions, limiter: GuessLimiter): Promise<Caller> {
   if (!limiter.allows(address)) {
     throw new HttpError(429, 'too many failed attempts from this address: wait and try again', { 'retry-after': String(limiter.retryAfterSeconds(address)) });
   }
-  if (!secretMatches(offeredSecret(req, query), secret)) {
+  if (options.secret.accepts(offeredSecret(req, query))) return ADMIN;
+  const bearer = bearerOf(req);
+  if (bearer !== undefined && looksLikeToken(bearer) && !query.has('pw')) return podCaller(bearer, address, options, limiter);
+  limiter.recordFailure(address);
+  // One answer for a missing and a wrong secret: nothing to learn from the difference.
+  throw new HttpError(401, 'missing or wrong secret: pass ?pw=SECRET or the header "Authorization: Bearer SECRET"', { 'www-authenticate': 'Bearer' });
+}
+
+/** A pod's token, checked with the API server: a refused token counts as a failed attempt, an outage does not. */
+async function podCaller(token: string, address: string, options: ApiServerOptions, limiter: GuessLimiter): Promise<Caller> {
+  const invalid = { 'www-authenticate': 'Bearer error="invalid_token"' };
+  if (!options.podTokens) {
     limiter.recordFailure(address);
-    // One answer for a missing and a wrong secret: nothing to learn from the difference.
-    throw new HttpError(401, 'missing or wrong secret: pass ?pw=SECRET or the header "Authorization: Bearer SECRET"', { 'www-authenticate': 'Bearer' });
+    throw new HttpError(401, 'pod tokens are not accepted by this agent (TOKEN_AUDIENCE=off, or no Kubernetes access or NODE_NAME): use the admin secret, or enable pod tokens', invalid);
   }
+  try {
+    return { kind: 'pod', pod: await options.podTokens.tokens.callerOf(token) };
+  } catch (error) {
+    if (error instanceof TokenRefusedError) {
+      limiter.recordFailure(address);
+      throw new HttpError(401, error.message, invalid);
+    }
+    if (error instanceof TokenReviewsBusyError) throw new HttpError(429, error.message, { 'retry-after': '1' });
+    if (error instanceof TokenReviewUnavailableError) {
+      options.logger.warn({ err: error }, 'a pod token could not be checked: refused');
+      const fix = 'pod tokens need the agent to reach the Kubernetes API and to create tokenreviews.authentication.k8s.io (the chart grants it); the admin secret works meanwhile';
+      throw new HttpError(503, `${error.message}: try again; ${fix}`, { 'retry-after': String(RETRY_AFTER_SECONDS) });
+    }
+    throw error;
+  }
+}
+
+/** 403, with the pod that asked in the log. */
+function refusePod(options: ApiServerOptions, caller: PodCaller, reason: string): HttpError {
+  options.logger.info({ caller: describeCaller(caller), reason }, 'a pod token asked for more than its own node\'s scoped drain: refused');
+  return new HttpError(403, reason);
 }
 
 /**
@@ -298,8 +343,9 @@ function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): 
   sendJson(res, 200, status);
 }
 
-async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, body: Buffer, agent: AgentApi): Promise<void> {
-  const request = { ...parseDrainRequest(query), peer: peerOf(req, query, body) };
+async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, body: Buffer, caller: Caller, options: ApiServerOptions): Promise<void> {
+  const { agent } = options;
+  const request = caller.kind === 'admin' ? { ...parseDrainRequest(query), peer: peerOf(req, query, body) } : podRequest(query, caller.pod, options);
   const wait = parseBoolean(query, 'wait');
 
   const aborted = new AbortController();
@@ -393,6 +439,16 @@ function peerOf(req: IncomingMessage, query: URLSearchParams, body: Buffer): Pee
     tags: {},
   };
   return { name, instance };
+}
+
+/** A pod's request, as far as its token allows: its pod comes from the token, never from the caller. */
+function podRequest(query: URLSearchParams, caller: PodCaller, options: ApiServerOptions): DrainRequest {
+  const request = parseDrainRequest(query);
+  const refused = whyPodRefused(caller, request, options.podTokens!.nodeName);
+  if (refused !== undefined) throw refusePod(options, caller, refused);
+  const described = describeCaller(caller);
+  options.logger.info({ caller: described, service: request.scope.kind === 'service' ? `${request.scope.namespace}/${request.scope.name}` : undefined }, 'scoped drain asked by a pod');
+  return { ...request, pod: caller.pod, caller: described };
 }
 
 function parseDrainRequest(query: URLSearchParams): DrainRequest {

@@ -103,9 +103,20 @@ export interface KubeClient {
   watchNode(name: string, watch: NodeWatchRequest): Promise<string>;
   patchNode(name: string, patch: NodeMetadataPatch): Promise<void>;
   createEvent(event: NodeEvent): Promise<void>;
+  /** Who a bearer token belongs to, for these audiences (an authentication.k8s.io/v1 TokenReview). */
+  reviewToken(token: string, audiences: readonly string[]): Promise<TokenReviewStatus>;
   /** The coordinator's Lease (coordination.k8s.io/v1), for the leader election. */
   readonly leases: LeaseApi;
   close(): Promise<void>;
+}
+
+/** A TokenReview's answer, as the API server writes it: `authenticated` false comes with `error`. */
+export interface TokenReviewStatus {
+  readonly authenticated: boolean;
+  readonly user?: { readonly username?: string; readonly uid?: string; readonly extra?: Readonly<Record<string, readonly string[]>> };
+  /** The audiences, of those asked for, that the token is valid for. */
+  readonly audiences?: readonly string[];
+  readonly error?: string;
 }
 
 export const DEFAULT_KUBE_TIMEOUT_MS = 5_000;
@@ -134,7 +145,7 @@ export class KubeApiError extends Error {
 /** What a call does, for error messages and RBAC hints. */
 interface Action {
   verb: 'get' | 'patch' | 'create' | 'list' | 'watch' | 'update';
-  resource: 'pods' | 'nodes' | 'events' | 'endpointslices' | 'leases';
+  resource: 'pods' | 'nodes' | 'events' | 'endpointslices' | 'leases' | 'tokenreviews';
   /** The API group, "" for core. */
   group?: string;
   /** Set for namespaced resources. */
@@ -222,6 +233,17 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
         { verb: 'create', resource: 'events', namespace: EVENT_NAMESPACE, what: `event ${event.reason} for node "${event.node.metadata.name}"` },
         { method: 'POST', path: `/api/v1/namespaces/${EVENT_NAMESPACE}/events`, body: eventBody(event) },
       );
+    },
+
+    async reviewToken(token, audiences) {
+      // The token is only in the body, which is never logged.
+      const raw = await call(
+        { verb: 'create', resource: 'tokenreviews', group: 'authentication.k8s.io', what: 'a tokenreview' },
+        { method: 'POST', path: '/apis/authentication.k8s.io/v1/tokenreviews', body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences } } },
+      );
+      const status = (raw as { status?: TokenReviewStatus } | null)?.status;
+      if (typeof status?.authenticated !== 'boolean') throw new KubeApiError('create a tokenreview: the API server answered without status.authenticated', undefined, 'BadResponse');
+      return status;
     },
 
     async watchNode(name, { resourceVersion, signal, onOpen, onEvent }) {

@@ -4,8 +4,9 @@
  * Status objects shaped as the real API server's, JSON merge patches (RFC 7386) on nodes,
  * generateName on events, watches of a node (from a resourceVersion, 410 once compacted away, bookmarks
  * left out), coordination.k8s.io/v1 Leases with optimistic concurrency (409 AlreadyExists on a second
- * create, 409 Conflict on a write with a stale resourceVersion), and a `down` switch that resets or
- * hangs connections.
+ * create, 409 Conflict on a write with a stale resourceVersion), TokenReviews of the projected
+ * ServiceAccount tokens it issues (audience, expiry, the bound pod, the pod and node in user.extra), and a
+ * `down` switch that resets or hangs connections.
  *
  * Checks run in the real server's order: authentication, then authorization, then the object.
  */
@@ -43,7 +44,21 @@ interface NodeWatcher {
   name: string;
   res: ServerResponse;
 }
-type Resource = 'pods' | 'nodes' | 'events' | 'endpointslices' | 'leases';
+type Resource = 'pods' | 'nodes' | 'events' | 'endpointslices' | 'leases' | 'tokenreviews';
+
+/** What a projected ServiceAccount token issued by the fake says of itself, as the real claims do. */
+interface IssuedToken {
+  namespace: string;
+  serviceAccount: string;
+  pod: string;
+  podUid: string;
+  node: string;
+  audiences: string[];
+  /** Seconds since the epoch, as the `exp` claim. */
+  exp: number;
+  /** Whether user.extra carries the node (API servers since 1.30); older ones leave it out. */
+  nodeInfo: boolean;
+}
 
 /** The identity the fake pretends a request's token belongs to, for 403 messages. */
 const USER = 'system:serviceaccount:kube-system:hasta-la-vista';
@@ -61,6 +76,7 @@ export class FakeKube {
   private readonly endpointSlices = new Map<string, KubeObject>();
   private readonly leases = new Map<string, KubeObject>();
   private readonly forbidden = new Set<string>();
+  private readonly issued = new Map<string, IssuedToken>();
   private resourceVersion = 1;
   private readonly nodeChanges: NodeChange[] = [];
   /** Versions up to this one are compacted away: a watch from one of them is answered 410 Expired. */
@@ -144,6 +160,30 @@ export class FakeKube {
     this.forbidden.delete(verb ? `${verb} ${resource}` : `* ${resource}`);
   }
 
+  /**
+   * A projected ServiceAccount token of a stored pod, as kubelet would mount it: a JWT-shaped string whose
+   * payload has the real claims (aud, exp, sub, the pod and node), signed with nothing the agent could check.
+   */
+  issueToken(namespace: string, pod: string, options: { audience?: string; expiresInSeconds?: number; nodeInfo?: boolean } = {}): string {
+    const stored = this.pods.get(`${namespace}/${pod}`);
+    if (!stored) throw new Error(`no pod ${namespace}/${pod}: setPod() it first`);
+    const claims: IssuedToken = {
+      namespace,
+      serviceAccount: stored.spec.serviceAccountName ?? 'default',
+      pod,
+      podUid: stored.metadata.uid,
+      node: stored.spec.nodeName,
+      audiences: [options.audience ?? 'hasta-la-vista'],
+      exp: Math.floor(Date.now() / 1000) + (options.expiresInSeconds ?? 600),
+      nodeInfo: options.nodeInfo ?? true,
+    };
+    const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    const payload = { aud: claims.audiences, exp: claims.exp, sub: `system:serviceaccount:${namespace}:${claims.serviceAccount}`, 'kubernetes.io': { namespace, pod: { name: pod, uid: claims.podUid }, node: { name: claims.node } } };
+    const token = `${part({ alg: 'RS256', kid: 'fake' })}.${part(payload)}.${randomBytes(32).toString('base64url')}`;
+    this.issued.set(token, claims);
+    return token;
+  }
+
   /** Writes a kubeconfig pointing at this server with its token; returns the path. */
   writeKubeconfig(path: string): string {
     const config = {
@@ -198,6 +238,7 @@ export class FakeKube {
       case 'patch':
         return this.patchNode(res, route.name, req.headers['content-type'], body ?? {});
       case 'create':
+        if (route.resource === 'tokenreviews') return this.reviewToken(res, body ?? {});
         return route.resource === 'leases' ? this.createLease(res, route.namespace, body ?? {}) : this.createEvent(res, route.namespace, body ?? {});
       case 'update':
         return this.updateLease(res, route, body ?? {});
@@ -284,6 +325,38 @@ export class FakeKube {
     const stored = this.stamp({ ...body, metadata: { ...metadata, name, namespace } });
     this.events.push(stored);
     send(res, 201, stored);
+  }
+
+  /** As the API server's token authenticator answers: authenticated false with an error, never an HTTP error. */
+  private reviewToken(res: ServerResponse, body: KubeObject): void {
+    const token: unknown = body.spec?.token;
+    const wanted: string[] = body.spec?.audiences ?? [];
+    if (body.kind !== 'TokenReview' || typeof token !== 'string') return send(res, 400, status(400, 'BadRequest', 'a TokenReview with spec.token is required'));
+    const answer = (reviewStatus: KubeObject) => send(res, 201, { kind: 'TokenReview', apiVersion: 'authentication.k8s.io/v1', metadata: { creationTimestamp: null }, spec: body.spec, status: reviewStatus });
+    const refuse = (error: string) => answer({ authenticated: false, user: {}, error: `[invalid bearer token, ${error}]` });
+    const claims = this.issued.get(token);
+    if (!claims) return refuse('square/go-jose: error in cryptographic primitive');
+    if (Date.now() >= claims.exp * 1000) return refuse('service account token has expired');
+    const audiences = wanted.filter((audience) => claims.audiences.includes(audience));
+    if (audiences.length === 0) return refuse(`token audiences ${JSON.stringify(claims.audiences)} is invalid for the target audiences ${JSON.stringify(wanted)}`);
+    const pod = this.pods.get(`${claims.namespace}/${claims.pod}`);
+    if (!pod || pod.metadata.uid !== claims.podUid) return refuse(`service account token has been invalidated`);
+    const extra: Record<string, string[]> = {
+      'authentication.kubernetes.io/credential-id': [`JTI=${randomUUID()}`],
+      'authentication.kubernetes.io/pod-name': [claims.pod],
+      'authentication.kubernetes.io/pod-uid': [claims.podUid],
+      ...(claims.nodeInfo ? { 'authentication.kubernetes.io/node-name': [claims.node], 'authentication.kubernetes.io/node-uid': [randomUUID()] } : {}),
+    };
+    answer({
+      authenticated: true,
+      user: {
+        username: `system:serviceaccount:${claims.namespace}:${claims.serviceAccount}`,
+        uid: randomUUID(),
+        groups: ['system:serviceaccounts', `system:serviceaccounts:${claims.namespace}`, 'system:authenticated'],
+        extra,
+      },
+      audiences,
+    });
   }
 
   private createLease(res: ServerResponse, namespace: string, body: KubeObject): void {
@@ -443,6 +516,9 @@ function routeOf(method: string, path: string): Route | undefined {
     if (segments.length === 7 && name && method === 'PUT') return { verb: 'update', resource: 'leases', namespace: third, name };
     return undefined;
   }
+  if (api === 'apis' && version === 'authentication.k8s.io' && first === 'v1' && second === 'tokenreviews' && segments.length === 4 && method === 'POST') {
+    return { verb: 'create', resource: 'tokenreviews', namespace: '', name: '' };
+  }
   if (api === 'apis' && version === 'discovery.k8s.io' && first === 'v1' && second === 'namespaces' && third && fourth === 'endpointslices' && segments.length === 6 && method === 'GET') {
     return { verb: 'list', resource: 'endpointslices', namespace: third, name: '' };
   }
@@ -470,7 +546,7 @@ function notFound(resource: Resource, name: string): KubeObject {
 function forbiddenStatus({ verb, resource, namespace, name }: Route): KubeObject {
   const object = name ? `${resource} "${name}"` : resource;
   const scope = namespace ? `in the namespace "${namespace}"` : 'at the cluster scope';
-  const group = resource === 'endpointslices' ? 'discovery.k8s.io' : resource === 'leases' ? 'coordination.k8s.io' : '';
+  const group = { endpointslices: 'discovery.k8s.io', leases: 'coordination.k8s.io', tokenreviews: 'authentication.k8s.io' }[resource as string] ?? '';
   const message = `${object} is forbidden: User "${USER}" cannot ${verb} resource "${resource}" in API group "${group}" ${scope}`;
   return status(403, 'Forbidden', message, { ...(name ? { name } : {}), kind: resource });
 }
