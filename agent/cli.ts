@@ -157,7 +157,13 @@ AWS credentials [credentials] or AWS refused or failed [aws], 130 stopped by Ctr
 [interrupted], 1 internal error [internal]; in brackets, the error.code of each.
 
 Environment:
-  SECRET                 secret of the /drain API (agent: required)
+  SECRET                 admin secret of the /drain API (agent: SECRET or SECRET_FILE required)
+  SECRET_FILE            a file holding the admin secret (a mounted Secret), re-read when it changes;
+                         the secret it replaced is accepted for 2 more minutes. Takes precedence over SECRET
+  TOKEN_AUDIENCE         the audience of the projected ServiceAccount tokens pods may present for a scoped
+                         drain of their own node, from a Service of their own namespace (TokenReview); off:
+                         pods need the secret (default hasta-la-vista)
+  BIND_ADDRESS           the one address the API listens on (default: all of them)
   AWS_REGION             region (default: IMDS placement/region)
   LOGLEVEL               debug, info, warn, error (default info)
   CLUSTERNAME            cluster name for tag matching (default: the instance's kubernetes.io/cluster/<name>

@@ -252,12 +252,30 @@ describe('chart: default values', () => {
     assert.ok(!JSON.stringify(daemonSet).includes(value), 'the secret value appears in the DaemonSet');
   });
 
-  it('grants exactly: get pods; get, watch, patch nodes; create events', () => {
+  it('mounts the same Secret as the file the agent follows (SECRET_FILE), read-only', () => {
+    const secret = only(objects, 'Secret');
+    assert.equal(envValue(env, 'SECRET_FILE'), '/etc/hasta-la-vista/secret/secret');
+    assert.deepEqual(container.volumeMounts, [{ name: 'api-secret', mountPath: '/etc/hasta-la-vista/secret', readOnly: true }]);
+    assert.deepEqual(pod.volumes, [{ name: 'api-secret', secret: { secretName: secret.metadata.name, items: [{ key: 'secret', path: 'secret' }], defaultMode: 0o444 } }]);
+  });
+
+  it('accepts pods\' own tokens for audience hasta-la-vista, and listens on every address', () => {
+    assert.equal(envValue(env, 'TOKEN_AUDIENCE'), 'hasta-la-vista');
+    assert.equal(env.has('BIND_ADDRESS'), false);
+  });
+
+  it('a secret generated without cluster access differs at every render (helm template), which NOTES say', () => {
+    const generated = () => Buffer.from(only(render(), 'Secret').data.secret, 'base64').toString('utf8');
+    assert.notEqual(generated(), generated());
+  });
+
+  it('grants exactly: get pods; get, watch, patch nodes; create events; create tokenreviews (pods\' own tokens)', () => {
     const role = only(objects, 'ClusterRole');
     assert.deepEqual(role.rules, [
       { apiGroups: [''], resources: ['pods'], verbs: ['get'] },
       { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'watch', 'patch'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
     ]);
     const binding = only(objects, 'ClusterRoleBinding');
     const account = only(objects, 'ServiceAccount');
@@ -324,6 +342,7 @@ describe('chart: every option on (test/fixtures/values-all.yaml)', () => {
       CLOUDPROVIDER: 'aws', PORT: '9800', POLL_INTERVAL: '1', DRAIN_TIMEOUT: '300', DRY_RUN: 'true',
       SIGTERM_DRAIN: 'always', DEADLINE_MARGIN: '20', MAINTENANCE_LEAD_TIME: '1200', REBALANCE_DRAIN: 'true',
       EXCLUDE_NODE: 'false', RECHECK_INTERVAL: '60', MAX_CONCURRENT_DRAINS: '4', TERMINATION_GRACE_PERIOD: '360',
+      TOKEN_AUDIENCE: 'hlv-prod', BIND_ADDRESS: '$(HOST_IP)',
       AWS_STS_REGIONAL_ENDPOINTS: 'regional', AWS_ENDPOINT_URL_EC2: 'https://ec2.eu-west-1.amazonaws.com',
     };
     for (const [name, value] of Object.entries(expected)) assert.equal(envValue(env, name), value, name);
@@ -333,7 +352,7 @@ describe('chart: every option on (test/fixtures/values-all.yaml)', () => {
   it('grants list (it polls; no watch) on EndpointSlices for local service drains, and nothing more', () => {
     const role = only(objects, 'ClusterRole');
     assert.deepEqual(role.rules.at(-1), { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list'] });
-    assert.equal(role.rules.length, 4);
+    assert.equal(role.rules.length, 5);
   });
 
   it('moves the API port, hostPort with it', () => {
@@ -410,11 +429,28 @@ describe('chart: options and their checks', () => {
     assert.match(renderFails('--set', 'hostPort.port=19740'), /hostPort\.port \(19740\) must equal config\.port \(9740\)/);
   });
 
-  it('uses an existing Secret and key, and creates none', () => {
+  it('uses an existing Secret and key, and creates none: the same at every render', () => {
     const objects = render('--set', 'secret.existingSecret=drain-api', '--set', 'secret.existingSecretKey=token');
     assert.equal(objects.filter((o) => o.kind === 'Secret').length, 0);
     const env = envOf(agentContainer(objects));
     assert.deepEqual(env.get('SECRET'), { name: 'SECRET', valueFrom: { secretKeyRef: { name: 'drain-api', key: 'token' } } });
+    const volumes = only(objects, 'DaemonSet').spec.template.spec.volumes;
+    assert.deepEqual(volumes[0].secret, { secretName: 'drain-api', items: [{ key: 'token', path: 'secret' }], defaultMode: 0o444 });
+    const again = render('--set', 'secret.existingSecret=drain-api', '--set', 'secret.existingSecretKey=token');
+    assert.deepEqual(again, objects, 'two renders are identical: nothing for a GitOps sync to change');
+  });
+
+  it('pod tokens off: no TokenReview permission, and the agent refuses tokens', () => {
+    const objects = render('--set', 'config.tokenAudience=off');
+    assert.ok(!JSON.stringify(only(objects, 'ClusterRole').rules).includes('tokenreviews'));
+    assert.equal(envValue(envOf(agentContainer(objects)), 'TOKEN_AUDIENCE'), 'off');
+  });
+
+  it('binds the API to the node\'s own address (HOST_IP, expanded by Kubernetes) only with hostNetwork', () => {
+    const env = [...envOf(agentContainer(render('--set', 'config.bindHostIP=true'))).keys()];
+    assert.equal(envValue(envOf(agentContainer(render('--set', 'config.bindHostIP=true'))), 'BIND_ADDRESS'), '$(HOST_IP)');
+    assert.ok(env.indexOf('HOST_IP') < env.indexOf('BIND_ADDRESS'), 'a $(VAR) reference expands only a variable defined before it');
+    assert.match(renderFails('--set', 'config.bindHostIP=true', '--set', 'hostNetwork=false'), /config\.bindHostIP needs hostNetwork: true/);
   });
 
   it('derives the grace period from a longer drain timeout', () => {
@@ -473,6 +509,23 @@ describe('chart: NOTES.txt', () => {
     assert.ok(text.includes(`kubectl -n ${NAMESPACE} get secret hlv-hasta-la-vista -o jsonpath='{.data.secret}' | base64 -d`), text);
     assert.ok(text.includes('curl -sS -X POST -H "Authorization: Bearer $SECRET" "http://$NODE_IP:9740/drain?wait=true"'), text);
     assert.ok(text.includes('curl -sS http://127.0.0.1:9740/metrics'), text);
+  });
+
+  it('shows the preStop hook with the pod\'s own projected token, no Secret in the app\'s namespace', () => {
+    const text = renderNotes();
+    assert.ok(text.includes('Authorization: Bearer $(cat /var/run/secrets/hasta-la-vista/token)'), text);
+    assert.ok(text.includes('serviceAccountToken: { audience: hasta-la-vista, expirationSeconds: 600, path: token }'), text);
+    assert.ok(!text.includes('HLV_SECRET'), text);
+    const off = renderNotes('--set', 'config.tokenAudience=off');
+    assert.ok(off.includes('secretKeyRef: { name: hlv-hasta-la-vista, key: secret }'), off);
+  });
+
+  it('says plainly that a generated secret is regenerated by renderers without cluster access, and what to do', () => {
+    const text = renderNotes();
+    assert.match(text, /a renderer without cluster\s+access \(helm template, as Argo CD renders charts; --dry-run\) writes a new random one at every render/);
+    assert.match(text, /Under GitOps, create the Secret yourself and set secret\.existingSecret\./);
+    assert.ok(!renderNotes('--set', 'secret.existingSecret=drain-api').includes('writes a new random one'));
+    assert.ok(!renderNotes('--set', 'secret.value=a-given-secret-0123456789').includes('writes a new random one'));
   });
 
   it('follows an existing Secret and a port-forward when the API is on no node port', () => {
@@ -560,6 +613,7 @@ describe('chart and agent: one rule for every value both check', () => {
     { value: 'config.maxConcurrentDrains', variable: 'MAX_CONCURRENT_DRAINS', accepted: [1, 1000], refused: [0, 1001] },
     { value: 'config.inventoryRefresh', variable: 'INVENTORY_REFRESH', accepted: [0, 86400], refused: [-1, 86401] },
     { value: 'config.coordination', variable: 'COORDINATION', accepted: ['auto', 'off'], refused: ['on', 'true', 'lease'] },
+    { value: 'config.tokenAudience', variable: 'TOKEN_AUDIENCE', accepted: ['hasta-la-vista', 'off', 'https://kubernetes.default.svc', 'a'.repeat(253)], refused: ['my audience', 'a'.repeat(254)] },
     // The chart also wants the grace period longer than the drain timeout: with a drain timeout of 1 s
     // that relation does not reach the limits tested here.
     {

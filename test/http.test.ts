@@ -14,6 +14,8 @@ import type { DrainState, DrainStatus } from '../agent/drain/status.ts';
 import { createApiServer, NotReadyError, type AgentApi, type DrainRequest } from '../agent/http/server.ts';
 import { GuessLimiter } from '../agent/http/guess-limiter.ts';
 import { fixedSecret } from '../agent/http/api-secret.ts';
+import { PodTokens } from '../agent/http/pod-tokens.ts';
+import type { TokenReviewStatus } from '../agent/kube/client.ts';
 import { createLogger, silentLogger, type Logger } from '../agent/log.ts';
 import { Metrics } from '../agent/metrics.ts';
 import { parseAnswer, rawExchange, rawRequest, trickle, type RawAnswer, type RawRequest } from './helpers/reliability-http.ts';
@@ -21,6 +23,23 @@ import { parseAnswer, rawExchange, rawRequest, trickle, type RawAnswer, type Raw
 const SECRET = 'http-test-secret-0123456789';
 const ID = 'i-0123456789abcdef0';
 const BEARER = ['Authorization', `Bearer ${SECRET}`] as const;
+const NODE = 'ip-10-0-1-4.ec2.internal';
+
+/** Pods' tokens as the stub API server reviews them: JWT-shaped, named by what the review answers. */
+const POD_TOKEN = { valid: 'e30.e30.valid', refused: 'e30.e30.refused', unreviewable: 'e30.e30.outage' } as const;
+const asPod = (token: string) => ({ secret: false, headers: [['Authorization', `Bearer ${token}`]] as [string, string][] });
+const podTokens = new PodTokens(
+  {
+    reviewToken: async (token): Promise<TokenReviewStatus> => {
+      if (token === POD_TOKEN.unreviewable) throw new Error('create a tokenreview: 403 Forbidden');
+      if (token === POD_TOKEN.refused) return { authenticated: false, error: '[invalid bearer token, service account token has expired]' };
+      const extra = { 'authentication.kubernetes.io/pod-name': ['web-1'], 'authentication.kubernetes.io/node-name': [NODE] };
+      return { authenticated: true, user: { username: 'system:serviceaccount:shop:web', extra }, audiences: ['hasta-la-vista'] };
+    },
+    getPod: () => Promise.reject(new Error('not asked: the review names the node')),
+  },
+  'hasta-la-vista',
+);
 
 function drainStatus(state: DrainState): DrainStatus {
   return {
@@ -62,6 +81,7 @@ const forgetFailures = () => (clock += 3_600_000);
 function apiServer(logger: Logger): Server {
   return createApiServer({
     secret: fixedSecret(SECRET),
+    podTokens: { tokens: podTokens, nodeName: NODE },
     metrics: new Metrics(),
     logger,
     guessLimiter: new GuessLimiter(10, 6_000, 10_000, () => clock),
@@ -161,6 +181,10 @@ const ANSWERS: readonly Answer[] = [
   { route: 'POST /drain', status: 502, when: 'wait=true: the drain failed', body: 'status', agent: { drain: settles('failed') }, send: () => send('POST', '/drain?wait=true') },
   { route: 'POST /drain', status: 400, when: 'a parameter is unknown, repeated or malformed; id and ip together; pod without service', body: 'error', send: () => send('POST', '/drain?pod=web-0') },
   { route: 'POST /drain', status: 401, when: 'the secret is missing or wrong', body: 'error', headers: { 'www-authenticate': /^Bearer$/ }, send: () => send('POST', `/drain?pw=${SECRET}x`, { secret: false }) },
+  { route: 'POST /drain', status: 401, when: 'a pod token the API server refuses (expired, another audience, not a pod\'s)', body: 'error', headers: { 'www-authenticate': /^Bearer error="invalid_token"$/ }, send: () => send('POST', '/drain?service=shop/web', asPod(POD_TOKEN.refused)) },
+  { route: 'POST /drain', status: 202, when: "a pod token: its own node's drain from a Service of its namespace", body: 'status', send: () => send('POST', '/drain?service=shop/web', asPod(POD_TOKEN.valid)) },
+  { route: 'POST /drain', status: 403, when: "a pod token asks for more than its own node's scoped drain", body: 'error', send: () => send('POST', '/drain?service=bank/ledger', asPod(POD_TOKEN.valid)) },
+  { route: 'POST /drain', status: 503, when: 'a pod token could not be checked (the TokenReview failed)', body: 'error', headers: RETRY_AFTER, send: () => send('POST', '/drain?service=shop/web', asPod(POD_TOKEN.unreviewable)) },
   { route: 'POST /drain', status: 404, when: 'no such instance in the VPC', body: 'error', agent: { drain: refuses(new InstanceNotFoundError({ ip: '10.0.9.9' }, 'vpc-0123456789abcdef0')) }, send: () => send('POST', '/drain?ip=10.0.9.9') },
   { route: 'POST /drain', status: 405, when: 'any method but POST', body: 'error', headers: { allow: /^POST$/ }, send: () => send('GET', '/drain') },
   { route: 'POST /drain', status: 429, when: 'MAX_CONCURRENT_DRAINS drains are running', body: 'error', headers: RETRY_AFTER, agent: { drain: refuses(new TooManyDrainsError(16)) }, send: () => send('POST', `/drain?id=${ID}`) },
@@ -171,6 +195,7 @@ const ANSWERS: readonly Answer[] = [
   { route: 'GET /drain/<instance-id>', status: 200, when: 'the latest drain of the instance', body: 'status', agent: { statusOf: () => drainStatus('deregistered') }, send: () => send('GET', `/drain/${ID}`) },
   { route: 'GET /drain/<instance-id>', status: 400, when: 'not an instance id, or a parameter other than pw', body: 'error', send: () => send('GET', `/drain/${ID}?foo=1`) },
   { route: 'GET /drain/<instance-id>', status: 401, when: 'the secret is missing or wrong', body: 'error', headers: { 'www-authenticate': /^Bearer$/ }, send: () => send('GET', `/drain/${ID}`, { secret: false }) },
+  { route: 'GET /drain/<instance-id>', status: 403, when: 'a pod token', body: 'error', send: () => send('GET', `/drain/${ID}`, asPod(POD_TOKEN.valid)) },
   { route: 'GET /drain/<instance-id>', status: 404, when: 'no drain of it is known to this agent', body: 'error', send: () => send('GET', `/drain/${ID}`) },
   { route: 'GET /drain/<instance-id>', status: 405, when: 'any method but GET and HEAD', body: 'error', headers: { allow: /^GET, HEAD$/ }, send: () => send('POST', `/drain/${ID}`) },
   { route: 'GET /drain/<instance-id>', status: 429, when: 'ten failed secrets from this address', body: 'error', headers: RETRY_AFTER, send: () => lockedOut('GET', `/drain/${ID}`) },

@@ -157,10 +157,20 @@ the same names (agent/config.ts); saying so here fails the install instead of cr
 
 {{/* Environment variables the chart sets; extraEnv may not repeat them (the later one would silently win). */}}
 {{- define "hlv.managedEnv" -}}
-{{- list "SECRET" "AWS_REGION" "LOGLEVEL" "CLUSTERNAME" "VPCID" "CLOUDPROVIDER" "PORT" "POLL_INTERVAL"
+{{- list "SECRET" "SECRET_FILE" "TOKEN_AUDIENCE" "BIND_ADDRESS" "COORDINATION" "AWS_REGION" "LOGLEVEL" "CLUSTERNAME" "VPCID" "CLOUDPROVIDER" "PORT" "POLL_INTERVAL"
     "DRAIN_TIMEOUT" "DRY_RUN" "SIGTERM_DRAIN" "DEADLINE_MARGIN" "MAINTENANCE_LEAD_TIME" "REBALANCE_DRAIN"
     "EXCLUDE_NODE" "RECHECK_INTERVAL" "MAX_CONCURRENT_DRAINS" "TERMINATION_GRACE_PERIOD" "ASG_LIFECYCLE_HOOK" "LOCAL_SERVICE_DRAIN" "INVENTORY_REFRESH"
     "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "HOST_IP" | toJson }}
+{{- end }}
+
+{{/* Whether pods' own tokens open the API (config.tokenAudience other than off). */}}
+{{- define "hlv.podTokens" -}}
+{{- if ne (lower .Values.config.tokenAudience) "off" }}true{{ end }}
+{{- end }}
+
+{{/* Where the agent reads the admin secret: the Secret mounted as a file, which kubelet updates in place. */}}
+{{- define "hlv.secretDir" -}}
+/etc/hasta-la-vista/secret
 {{- end }}
 
 {{/*
