@@ -160,6 +160,17 @@ async function lockedOut(method: string, target: string): Promise<RawAnswer> {
   }
 }
 
+/** Ten pod tokens the API server refuses, from one address, then a valid one: refused unchecked. */
+async function lockedOutByTokens(): Promise<RawAnswer> {
+  forgetFailures();
+  try {
+    for (let i = 0; i < 10; i++) assert.equal((await send('POST', '/drain?service=shop/web', asPod(POD_TOKEN.refused))).status, 401);
+    return await send('POST', '/drain?service=shop/web', asPod(POD_TOKEN.valid));
+  } finally {
+    forgetFailures();
+  }
+}
+
 /** 101 requests on one connection, which takes 100. */
 async function pipelined(): Promise<RawAnswer> {
   const { text, ms } = await rawExchange(port, [Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(101))], { end: true });
@@ -189,6 +200,8 @@ const ANSWERS: readonly Answer[] = [
   { route: 'POST /drain', status: 405, when: 'any method but POST', body: 'error', headers: { allow: /^POST$/ }, send: () => send('GET', '/drain') },
   { route: 'POST /drain', status: 429, when: 'MAX_CONCURRENT_DRAINS drains are running', body: 'error', headers: RETRY_AFTER, agent: { drain: refuses(new TooManyDrainsError(16)) }, send: () => send('POST', `/drain?id=${ID}`) },
   { route: 'POST /drain', status: 429, when: 'ten failed secrets from this address', body: 'error', headers: RETRY_AFTER, send: () => lockedOut('POST', '/drain') },
+  { route: 'POST /drain', status: 429, when: 'ten refused pod tokens from this address', body: 'error', headers: RETRY_AFTER, send: lockedOutByTokens },
+  { route: 'POST /drain', status: 413, when: 'a pod token with a body over 16 KiB', body: 'error', headers: { connection: /^close$/ }, send: () => send('POST', '/drain?service=shop/web', { ...asPod(POD_TOKEN.valid), body: Buffer.alloc(20_000, 0x61) }) },
   { route: 'POST /drain', status: 502, when: 'looking up the instance failed', body: 'error', agent: { drain: refuses(new Error('Rate exceeded')) }, send: () => send('POST', `/drain?id=${ID}`) },
   { route: 'POST /drain', status: 503, when: 'the agent is not ready yet, or shutting down', body: 'error', headers: RETRY_AFTER, agent: { drain: refuses(new NotReadyError('the first IMDS poll has not answered')) }, send: () => send('POST', '/drain') },
 

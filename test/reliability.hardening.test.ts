@@ -85,9 +85,16 @@ for (const [name, args] of Object.entries(RENDERINGS)) {
           const secret = env.find((e) => e.name === 'SECRET');
           assert.ok(secret?.valueFrom?.secretKeyRef?.name, `${owner}: SECRET from a secretKeyRef`);
           assert.equal(secret.value, undefined);
+          // Where the agent reads the secret as a file: a path into a volume of that same Secret, read-only.
+          const file = env.find((e) => e.name === 'SECRET_FILE')?.value as string | undefined;
+          const mount = (container.volumeMounts ?? []).find((m: Obj) => file?.startsWith(`${m.mountPath}/`));
+          const volume = (spec.volumes ?? []).find((v: Obj) => v.name === mount?.name);
+          assert.ok(mount?.readOnly && volume?.secret?.secretName === secret.valueFrom.secretKeyRef.name, `${owner}: SECRET_FILE is not in a read-only mount of the Secret`);
+          /** Plain values whose names only sound secret: a region-endpoint switch, the file's path (checked above), the audience pods' tokens must carry. */
+          const notSecret = ['AWS_STS_REGIONAL_ENDPOINTS', 'SECRET_FILE', 'TOKEN_AUDIENCE'];
           for (const e of env) {
             assert.ok(!String(e.value ?? '').includes(SECRET_VALUE), `${owner}: env ${e.name} holds the secret`);
-            assert.ok(!/secret|password|token/i.test(e.name) || e.valueFrom !== undefined || e.name === 'AWS_STS_REGIONAL_ENDPOINTS', `${owner}: env ${e.name} looks secret but is a plain value`);
+            assert.ok(!/secret|password|token/i.test(e.name) || e.valueFrom !== undefined || notSecret.includes(e.name), `${owner}: env ${e.name} looks secret but is a plain value`);
           }
           for (const arg of [...(container.args ?? []), ...(container.command ?? [])]) assert.ok(!String(arg).includes(SECRET_VALUE), `${owner}: the secret on the command line`);
         }

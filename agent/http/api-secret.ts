@@ -1,8 +1,11 @@
 /**
  * The admin secret of the API as it is now. Given as SECRET it never changes. Given as SECRET_FILE (a
- * mounted Secret, which kubelet rewrites in place when the Secret changes) it is re-read when asked, at
- * most once a second, so a rotated secret opens every agent as soon as its kubelet has written it: no
- * restart, no pod-template checksum that would roll the whole DaemonSet at every GitOps render.
+ * mounted Secret, which kubelet rewrites in place when the Secret changes) it is re-read when asked: at
+ * most once a second, and at once when an offered secret does not match (a caller that already has the
+ * new one must not collect failed attempts until the next read). So a rotated secret opens every agent as
+ * soon as its kubelet has written it: no restart, no pod-template checksum that would roll the whole
+ * DaemonSet at every GitOps render. A wrong guess costs one read of a small file, and the GuessLimiter
+ * bounds the guesses.
  *
  * The value it replaced stays accepted for a short while: kubelets write the new value node by node
  * within about a minute, and a caller who read the Secret just before the change still holds the old one.
@@ -51,13 +54,19 @@ export class SecretFile implements ApiSecret {
 
   accepts(offered: string | undefined): boolean {
     this.refresh();
+    if (this.matches(offered)) return true;
+    this.refresh(true);
+    return this.matches(offered);
+  }
+
+  private matches(offered: string | undefined): boolean {
     if (secretMatches(offered, this.value)) return true;
     return this.replaced !== undefined && this.now() < this.replaced.until && secretMatches(offered, this.replaced.value);
   }
 
-  private refresh(): void {
+  private refresh(force = false): void {
     const now = this.now();
-    if (now - this.readAt < REREAD_AFTER_MS) return;
+    if (!force && now - this.readAt < REREAD_AFTER_MS) return;
     this.readAt = now;
     let next: string;
     try {

@@ -239,7 +239,7 @@ export function createKubeClient(access: KubeAccess, opts: { logger: Logger; tim
       // The token is only in the body, which is never logged.
       const raw = await call(
         { verb: 'create', resource: 'tokenreviews', group: 'authentication.k8s.io', what: 'a tokenreview' },
-        { method: 'POST', path: '/apis/authentication.k8s.io/v1/tokenreviews', body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences } } },
+        { method: 'POST', path: `/apis/authentication.k8s.io/v1/tokenreviews`, body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences } } },
       );
       const status = (raw as { status?: TokenReviewStatus } | null)?.status;
       if (typeof status?.authenticated !== 'boolean') throw new KubeApiError('create a tokenreview: the API server answered without status.authenticated', undefined, 'BadResponse');
