@@ -35,6 +35,7 @@ import { NodeAnnotationMemory, isTakenOut } from './memory/taken-out.ts';
 import { TAKEN_OUT_ANNOTATION, WholeNodeMemory } from './memory/whole-node.ts';
 import { createKubeClient, type KubeClient } from './kube/client.ts';
 import { loadKubeAccess } from './kube/config.ts';
+import { NodeDrainMarks } from './kube/drain-marks.ts';
 import { NodeKeeper } from './kube/keep-out.ts';
 import { NodeWatch } from './kube/node-watch.ts';
 import type { Logger } from './log.ts';
@@ -80,6 +81,8 @@ class Agent implements AgentApi {
   private readonly imds: ImdsClient;
   private readonly kube: KubeClient | undefined;
   private readonly keeper: NodeKeeper | undefined;
+  /** The drain's state and the Cluster Autoscaler's hold, on the own Node (not in a dry run, which changes nothing). */
+  private readonly marks: NodeDrainMarks | undefined;
   /** The admin secret as it is now: SECRET_FILE is followed as kubelet rewrites it. */
   private readonly secret: ApiSecret;
   private running: Running | undefined;
@@ -113,6 +116,7 @@ class Agent implements AgentApi {
     this.kube = access ? createKubeClient(access, { logger: logger.child({ component: 'kube' }) }) : undefined;
     this.keeper =
       this.kube && config.nodeName ? new NodeKeeper(this.kube, config.nodeName, config.podName ?? 'hasta-la-vista', logger.child({ component: 'keep-out' })) : undefined;
+    this.marks = this.kube && config.nodeName && !config.dryRun ? new NodeDrainMarks(this.kube, config.nodeName, logger.child({ component: 'node-marks' })) : undefined;
     this.secret = config.secretFile ? new SecretFile(config.secretFile, config.secret!, logger.child({ component: 'api' })) : fixedSecret(config.secret!);
   }
 
@@ -190,7 +194,10 @@ class Agent implements AgentApi {
         ? new NodeWatch({
             kube,
             nodeName,
-            onNode: (seen) => this.fate.report('node', seen.kind === 'gone' ? [NODE_DELETED] : fromNode(seen.node)),
+            onNode: (seen) => {
+              if (seen.kind !== 'gone') this.track(this.marks?.observe(seen.node));
+              this.fate.report('node', seen.kind === 'gone' ? [NODE_DELETED] : fromNode(seen.node));
+            },
             logger: this.logger.child({ component: 'node-watch' }),
           })
         : undefined;
@@ -323,6 +330,7 @@ class Agent implements AgentApi {
       await takenOut.load();
       const notices = await watcher.check();
       const node = this.kube && this.config.nodeName ? await this.kube.getNode(this.config.nodeName) : undefined;
+      if (node) await this.marks?.observe(node);
       const signs = [...notices.map(fromNotice), ...(node ? fromNode(node) : [])];
       if (signs.length > 0) {
         this.logger.info({ signs: signs.map((sign) => sign.reason) }, 'going away on start: the node stays out');
@@ -371,6 +379,7 @@ class Agent implements AgentApi {
       await drain.done;
     }
     if (!staying()) return;
+    await this.marks?.givenBack();
     clearInterval(this.recheck);
     this.recheck = undefined;
     const labelled = this.keeper ? await this.keeper.liftOwnExclusion(() => (staying() ? undefined : 'a sign of going away came back'), `Given back (${why})`) : false;
@@ -453,9 +462,11 @@ class Agent implements AgentApi {
     }
     if (!handle.joined) {
       this.drainStarted(trigger, scope, deadline, caller);
+      if (whole) this.track(this.marks?.drainChanged(handle.status()));
       this.track(
         handle.done.then(async (status) => {
           if (whole) {
+            await this.marks?.drainChanged(status);
             await this.running!.takenOut.remember(status).catch((error: unknown) => this.logger.error({ err: error }, 'could not remember what the drain took out: it will not be given back by itself'));
             // Given back meanwhile (the drain was canceled for it): nothing to keep out.
             if (this.wholeDrainStarted) this.startRecheck(instance, status.handOver?.outcome === 'served' ? status.handOver.coordinator : undefined);
@@ -632,6 +643,8 @@ class Agent implements AgentApi {
       });
       this.logger.info({ signal, drain: verdict.drain, reason: verdict.reason }, verdict.drain ? `${signal}: the node is going away, draining it` : `${signal}: not draining`);
       if (!verdict.drain && verdict.kubernetesReadable) this.track(this.keeper?.event('NotDraining', `${signal}: not draining: ${verdict.reason}`, 'Normal'));
+      // A pod restart or an uninstall: the autoscaler must not wait for a drain nobody will run.
+      if (!verdict.drain) this.track(this.marks?.stopping());
       // Out already (a notice or the Node watch drained it): a second drain would only cost AWS calls.
       const out = this.wholeDrainStarted && this.wholeDrain?.status().state === 'deregistered';
       if (verdict.drain && out) this.logger.info({ instanceId: running.self.instanceId }, `${signal}: this node is out of its load balancers already`);

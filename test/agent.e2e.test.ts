@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AddTagsCommand } from '@aws-sdk/client-elastic-load-balancing';
 import { RegisterTargetsCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { DrainStatus } from '../agent/drain/status.ts';
-import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
+import { drainingTargets, startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
 import { awsClients, CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
@@ -736,29 +736,7 @@ describe('keep-out', () => {
   });
 
   test('a drain that times out while its targets still drain (deregistration delay): no second deregistration, no "re-registration caught"', async () => {
-    // moto forgets a target at once; real ELBv2 keeps it `draining` for the deregistration delay
-    // (300 s by default). The proxy answers DescribeTargetHealth so, for the targets deregistered.
-    const draining = new Map<string, { id: string; port: string }[]>();
-    proxy.addFault((call) => {
-      const group = call.params.get('TargetGroupArn') ?? '';
-      if (call.action === 'DeregisterTargets') {
-        draining.set(group, [{ id: call.params.get('Targets.member.1.Id')!, port: call.params.get('Targets.member.1.Port')! }]);
-        return undefined;
-      }
-      const targets = draining.get(group);
-      if (call.action !== 'DescribeTargetHealth' || !targets) return undefined;
-      const members = targets
-        .map(
-          ({ id, port }) =>
-            `<member><Target><Id>${id}</Id><Port>${port}</Port></Target><TargetHealth><State>draining</State><Reason>Target.DeregistrationInProgress</Reason><Description>Target deregistration is in progress</Description></TargetHealth></member>`,
-        )
-        .join('');
-      return {
-        kind: 'respond',
-        status: 200,
-        body: `<DescribeTargetHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"><DescribeTargetHealthResult><TargetHealthDescriptions>${members}</TargetHealthDescriptions></DescribeTargetHealthResult><ResponseMetadata><RequestId>drain</RequestId></ResponseMetadata></DescribeTargetHealthResponse>`,
-      };
-    });
+    proxy.addFault(drainingTargets());
     const agent = await startAgent({ RECHECK_INTERVAL: '5' });
     const answer = await agent.fetch('/drain?wait=true&timeout=3', { method: 'POST', headers: BEARER });
     const status = (await json(answer)) as DrainStatus;

@@ -440,6 +440,27 @@ describe('chart: options and their checks', () => {
     assert.deepEqual(again, objects, 'two renders are identical: nothing for a GitOps sync to change');
   });
 
+  it('karpenter.enabled: no toleration matches karpenter.sh/disrupted, so Karpenter evicts the agent and waits for it; every other going-away taint is tolerated', () => {
+    const objects = render('--set', 'karpenter.enabled=true', '--set-json', 'tolerations=[{"operator":"Exists"},{"key":"dedicated","value":"gpu","effect":"NoSchedule"}]');
+    validateAll(objects);
+    const tolerations = only(objects, 'DaemonSet').spec.template.spec.tolerations as { key?: string; operator?: string; value?: string; effect?: string }[];
+    // As Kubernetes matches a toleration to a taint (an empty key with Exists matches every taint).
+    const tolerates = (key: string, effect = 'NoSchedule') =>
+      tolerations.some((t) => (t.key === undefined || t.key === '' ? t.operator === 'Exists' : t.key === key) && (t.effect === undefined || t.effect === effect));
+    assert.ok(!tolerates('karpenter.sh/disrupted'), JSON.stringify(tolerations));
+    for (const key of ['ToBeDeletedByClusterAutoscaler', 'node.kubernetes.io/not-ready', 'node.kubernetes.io/unreachable', 'karpenter.sh/unregistered']) assert.ok(tolerates(key), key);
+    assert.ok(tolerations.some((t) => t.key === 'dedicated' && t.value === 'gpu'), 'the NodePool\'s own taint, as given');
+    assert.equal(only(objects, 'DaemonSet').spec.template.spec.priorityClassName, 'system-node-critical', 'evicted last, after every other pod of the node');
+    assert.deepEqual(only(render(), 'DaemonSet').spec.template.spec.tolerations, [{ operator: 'Exists' }], 'without it, every taint');
+  });
+
+  it('karpenter.enabled refuses a toleration of Karpenter\'s taint, saying why', () => {
+    assert.match(
+      renderFails('--set', 'karpenter.enabled=true', '--set-json', 'tolerations=[{"key":"karpenter.sh/disrupted","operator":"Exists"}]'),
+      /tolerates karpenter\.sh\/disrupted, which karpenter\.enabled must not: Karpenter would then neither evict this agent nor wait for it/,
+    );
+  });
+
   it('pod tokens off: no TokenReview permission, and the agent refuses tokens', () => {
     const objects = render('--set', 'config.tokenAudience=off');
     assert.ok(!JSON.stringify(only(objects, 'ClusterRole').rules).includes('tokenreviews'));

@@ -25,6 +25,36 @@ export type Fault =
 
 export type FaultRule = (call: AwsCall) => Fault | undefined;
 
+/**
+ * What moto cannot show: a target group's deregistration delay. moto forgets a target at once; real
+ * ELBv2 keeps it `draining` for the group's deregistration_delay.timeout_seconds (300 s by default).
+ * This rule answers DescribeTargetHealth with the targets deregistered so far, `draining`, for as long
+ * as `stillDraining()` says; then moto answers again (they are gone).
+ */
+export function drainingTargets(stillDraining: () => boolean = () => true): FaultRule {
+  const draining = new Map<string, { id: string; port: string }[]>();
+  return (call) => {
+    const group = call.params.get('TargetGroupArn') ?? '';
+    if (call.action === 'DeregisterTargets') {
+      draining.set(group, [{ id: call.params.get('Targets.member.1.Id')!, port: call.params.get('Targets.member.1.Port')! }]);
+      return undefined;
+    }
+    const targets = draining.get(group);
+    if (call.action !== 'DescribeTargetHealth' || !targets || !stillDraining()) return undefined;
+    const members = targets
+      .map(
+        ({ id, port }) =>
+          `<member><Target><Id>${id}</Id><Port>${port}</Port></Target><TargetHealth><State>draining</State><Reason>Target.DeregistrationInProgress</Reason><Description>Target deregistration is in progress</Description></TargetHealth></member>`,
+      )
+      .join('');
+    return {
+      kind: 'respond',
+      status: 200,
+      body: `<DescribeTargetHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"><DescribeTargetHealthResult><TargetHealthDescriptions>${members}</TargetHealthDescriptions></DescribeTargetHealthResult><ResponseMetadata><RequestId>drain</RequestId></ResponseMetadata></DescribeTargetHealthResponse>`,
+    };
+  };
+}
+
 export interface AwsProxy {
   readonly url: string;
   readonly calls: AwsCall[];

@@ -29,6 +29,8 @@ export interface RecordedPatch {
   node: string;
   contentType: string | undefined;
   body: KubeObject;
+  /** When the server received it (ms since the epoch), to order it against other fakes' calls. */
+  at: number;
 }
 
 type Verb = 'get' | 'patch' | 'create' | 'list' | 'watch' | 'update';
@@ -296,7 +298,7 @@ export class FakeKube {
   }
 
   private patchNode(res: ServerResponse, name: string, contentType: string | undefined, body: KubeObject): void {
-    this.patches.push({ node: name, contentType, body });
+    this.patches.push({ node: name, contentType, body, at: Date.now() });
     if (contentType?.split(';')[0]?.trim() !== 'application/merge-patch+json') {
       return send(
         res,

@@ -163,6 +163,36 @@ the same names (agent/config.ts); saying so here fails the install instead of cr
     "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "HOST_IP" | toJson }}
 {{- end }}
 
+{{/*
+The pod's tolerations. With karpenter.enabled, none may match Karpenter's karpenter.sh/disrupted taint:
+Karpenter's termination evicts, and waits for, only the pods that do not tolerate it (utils/pod
+IsDrainable, IsEvictable). A toleration of every taint (operator Exists, no key) becomes one for each
+taint a node that is going away, or not well, may carry; the NodePools' own taints must be listed.
+*/}}
+{{- define "hlv.tolerations" -}}
+{{- $karpenterTaints := list "karpenter.sh/disrupted" "karpenter.sh/disruption" }}
+{{- $known := list "ToBeDeletedByClusterAutoscaler" "DeletionCandidateOfClusterAutoscaler"
+    "node.kubernetes.io/not-ready" "node.kubernetes.io/unreachable" "node.kubernetes.io/unschedulable"
+    "node.kubernetes.io/disk-pressure" "node.kubernetes.io/memory-pressure" "node.kubernetes.io/pid-pressure"
+    "node.kubernetes.io/network-unavailable" "node.kubernetes.io/out-of-service"
+    "node.cloudprovider.kubernetes.io/uninitialized" "node.cloudprovider.kubernetes.io/shutdown" "karpenter.sh/unregistered" }}
+{{- $out := list }}
+{{- range .Values.tolerations }}
+{{- if not $.Values.karpenter.enabled }}
+{{- $out = append $out . }}
+{{- else if has (.key | default "") $karpenterTaints }}
+{{- fail (printf "tolerations tolerates %s, which karpenter.enabled must not: Karpenter would then neither evict this agent nor wait for it before terminating the instance; remove that toleration" .key) }}
+{{- else if and (not .key) (eq (.operator | default "Equal") "Exists") }}
+{{- range $known }}
+{{- $out = append $out (dict "key" . "operator" "Exists") }}
+{{- end }}
+{{- else }}
+{{- $out = append $out . }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
 {{/* Whether pods' own tokens open the API (config.tokenAudience other than off). */}}
 {{- define "hlv.podTokens" -}}
 {{- if ne (lower .Values.config.tokenAudience) "off" }}true{{ end }}

@@ -1,0 +1,169 @@
+/**
+ * Holding the node until it is out, and telling everyone, end to end: the built agent, moto behind the
+ * fault-injecting proxy (which plays a target group's deregistration delay), the fake IMDS and the fake
+ * Kubernetes API. The Cluster Autoscaler's soft taint, its taint, Karpenter's taint followed by the
+ * agent's eviction, and the Node annotations that say where the drain stands.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DrainStatus } from '../agent/drain/status.ts';
+import { drainingTargets, startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
+import { startFakeImds, type FakeImds } from './fakes/imds.ts';
+import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
+import { REGION, seedWorld, type World } from './fixtures/world.ts';
+import { eventually, exitWithin, killAllAgents, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { freePort, startMoto, type Moto } from './helpers/moto.ts';
+
+const SECRET = 'holding-Secret-5e1d7a9c3b20';
+const NODE = 'ip-10-0-1-23.ec2.internal';
+const POD_NS = 'kube-system';
+const POD = 'hasta-la-vista-h0ld1';
+const HOLD = 'delay-deletion.cluster-autoscaler.kubernetes.io/hasta-la-vista';
+const MARK = 'hasta-la-vista.io/drain';
+const SOFT_TAINT = { key: 'DeletionCandidateOfClusterAutoscaler', value: '1765100000', effect: 'PreferNoSchedule' };
+const CA_TAINT = { key: 'ToBeDeletedByClusterAutoscaler', value: '1765100600', effect: 'NoSchedule' };
+const KARPENTER_TAINT = { key: 'karpenter.sh/disrupted', effect: 'NoSchedule' };
+
+let moto: Moto;
+let proxy: AwsProxy;
+let world: World;
+let imds: FakeImds;
+let kube: FakeKube;
+let kubeconfig: string;
+let tmp: string;
+
+async function startAgent(extra: Record<string, string> = {}): Promise<AgentProcess> {
+  const agent = spawnAgent(await freePort(), {
+    AWS_ENDPOINT_URL: proxy.url,
+    AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url,
+    SECRET,
+    POLL_INTERVAL: '1',
+    NODE_NAME: NODE,
+    POD_NAME: POD,
+    POD_NAMESPACE: POD_NS,
+    KUBECONFIG: kubeconfig,
+    COORDINATION: 'off',
+    ...extra,
+  });
+  await waitReady(agent);
+  return agent;
+}
+
+const nodeNow = () => kube.node(NODE)!;
+const annotation = (key: string): string | undefined => nodeNow().metadata.annotations[key];
+const markNow = () => JSON.parse(annotation(MARK) ?? 'null') as Record<string, string> | null;
+const taint = (...taints: KubeObject[]) => kube.setNode({ ...nodeNow(), spec: { ...nodeNow().spec, taints } });
+const deregistrations = () => proxy.calls.filter((call) => call.action.startsWith('Deregister'));
+const statusBecomes = (agent: AgentProcess, state: DrainStatus['state'], timeoutMs?: number) => drainBecomes(agent, SECRET, world.node.id, state, timeoutMs);
+/** The patches that wrote `key`, with the value written. */
+const writesOf = (key: string) => kube.patches.filter((patch) => key in (patch.body.metadata?.annotations ?? {})).map((patch) => ({ at: patch.at, value: patch.body.metadata.annotations[key] as string | null }));
+
+before(async () => {
+  moto = await startMoto();
+  proxy = await startAwsProxy(moto.url);
+  tmp = mkdtempSync(join(tmpdir(), 'hlv-holding-'));
+});
+after(async () => {
+  await proxy.close();
+  await moto.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+beforeEach(async () => {
+  await moto.reset();
+  proxy.clearFaults();
+  world = await seedWorld(moto.url);
+  proxy.calls.length = 0;
+  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, availabilityZone: 'us-east-1a', vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
+  kube = await startFakeKube({ token: 'holding-token' });
+  kube.setNode(makeNode(NODE, { providerID: `aws:///us-east-1a/${world.node.id}` }));
+  kube.setPod(makePod(POD_NS, POD, { nodeName: NODE }));
+  kubeconfig = kube.writeKubeconfig(join(tmp, 'kubeconfig'));
+});
+afterEach(async () => {
+  await killAllAgents();
+  await imds.close();
+  await kube.close();
+});
+
+describe('the Cluster Autoscaler waits for the drain', () => {
+  test('its soft taint puts the hold on and drains nothing; its taint drains the node, held from before the first deregistration until out', async () => {
+    const agent = await startAgent();
+    assert.equal(annotation(HOLD), undefined, 'no autoscaler in sight: no hold');
+    assert.deepEqual(kube.patches, [], 'and nothing written');
+
+    taint(SOFT_TAINT);
+    await eventually(() => annotation(HOLD) !== undefined, 5_000, 'the hold on the Node');
+    await sleep(1_500);
+    assert.deepEqual(deregistrations(), [], '"may be removed later" drains nothing');
+    assert.equal(annotation(MARK), undefined);
+
+    taint(SOFT_TAINT, CA_TAINT);
+    const status = await statusBecomes(agent, 'deregistered');
+    assert.equal(status.trigger, 'node-removal');
+    const held = writesOf(HOLD);
+    assert.ok(held[0]!.value !== null && held[0]!.at < deregistrations()[0]!.at, 'held before the first deregistration');
+    await eventually(() => annotation(HOLD) === undefined, 5_000, 'the hold off once out, though the soft taint stays');
+    assert.deepEqual(markNow(), { state: 'deregistered', trigger: 'node-removal', startedAt: status.startedAt, deadline: status.deadline, finishedAt: status.finishedAt });
+    const marks = writesOf(MARK).map((write) => (JSON.parse(write.value!) as { state: string }).state);
+    assert.deepEqual(marks, ['draining', 'deregistered'], 'written when it started and when it ended');
+  });
+
+  test('a drain that times out (a deregistration delay longer than the drain may wait): the hold comes off all the same', async () => {
+    proxy.addFault(drainingTargets());
+    const agent = await startAgent({ DRAIN_TIMEOUT: '3' });
+    taint(SOFT_TAINT);
+    await eventually(() => annotation(HOLD) !== undefined, 5_000, 'the hold on the Node');
+    taint(SOFT_TAINT, CA_TAINT);
+    await statusBecomes(agent, 'timed_out', 15_000);
+    await eventually(() => annotation(HOLD) === undefined, 5_000, 'the hold off: a forgotten one makes the autoscaler wait its whole timeout');
+    assert.equal(markNow()?.state, 'timed_out');
+  });
+
+  test('given back (the autoscaler gave up and took its taint off): the mark goes, and the hold is back while the soft taint stays', async () => {
+    const agent = await startAgent();
+    taint(SOFT_TAINT, CA_TAINT);
+    await statusBecomes(agent, 'deregistered');
+    await eventually(() => annotation(HOLD) === undefined && markNow()?.state === 'deregistered', 5_000, 'out, the hold off');
+
+    taint(SOFT_TAINT);
+    await eventually(() => annotation(MARK) === undefined, 15_000, 'the drain mark removed on give-back');
+    await eventually(() => annotation(HOLD) !== undefined, 5_000, 'held again for the next time');
+  });
+
+  test('the agent stopping without a drain (a restart, an uninstall) takes its hold off: nobody would lift it', async () => {
+    const agent = await startAgent();
+    taint(SOFT_TAINT);
+    await eventually(() => annotation(HOLD) !== undefined, 5_000, 'the hold on the Node');
+    agent.child.kill('SIGTERM');
+    assert.equal((await exitWithin(agent, 10_000)).code, 0);
+    assert.equal(annotation(HOLD), undefined);
+    assert.deepEqual(deregistrations(), []);
+  });
+});
+
+describe('Karpenter waits for the agent', () => {
+  test('its taint starts the drain at once; evicted (SIGTERM) while a deregistration delay runs, the agent ends only once out', async () => {
+    let delayOver = false;
+    proxy.addFault(drainingTargets(() => !delayOver));
+    const agent = await startAgent({ TERMINATION_GRACE_PERIOD: '60' });
+    taint(KARPENTER_TAINT);
+    await eventually(() => proxy.count('DeregisterTargets') === 2, 10_000, 'deregistered from both target groups, no signal needed');
+    assert.equal(markNow()?.state, 'draining');
+
+    agent.child.kill('SIGTERM');
+    await sleep(2_000);
+    assert.ok(agent.alive(), 'evicted, it keeps draining');
+    delayOver = true;
+    const endedAt = Date.now();
+    const exit = await exitWithin(agent, 20_000);
+    assert.equal(exit.code, 0, agent.stderr());
+    const drained = agent.logs().find((line) => line.msg === 'drain deregistered');
+    assert.ok(drained, 'the drain ended out before the process did');
+    assert.ok(new Date(drained.time).getTime() >= endedAt, 'out only once the delay was over');
+    assert.equal(markNow()?.state, 'deregistered');
+  });
+});
