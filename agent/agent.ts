@@ -36,6 +36,7 @@ import { TAKEN_OUT_ANNOTATION, WholeNodeMemory } from './memory/whole-node.ts';
 import { createKubeClient, type KubeClient } from './kube/client.ts';
 import { loadKubeAccess } from './kube/config.ts';
 import { NodeDrainMarks } from './kube/drain-marks.ts';
+import { Webhook } from './notify/webhook.ts';
 import { NodeKeeper } from './kube/keep-out.ts';
 import { NodeWatch } from './kube/node-watch.ts';
 import type { Logger } from './log.ts';
@@ -45,6 +46,8 @@ import { LocalServices } from './services/local-services.ts';
 
 /** Start-up retries IMDS and AWS at least this often while they fail: a fixed cause is noticed within this time. */
 const START_RETRY_CAP_MS = 30_000;
+/** How long notices still under way may take at shutdown. */
+const WEBHOOK_CLOSE_MS = 5_000;
 /** Kept back from the pod's grace period, to close the server and exit before SIGKILL. */
 const EXIT_MARGIN_MS = 3_000;
 /** Pods' addresses come with the interfaces the VPC CNI attaches: read them again this often between drains. */
@@ -83,6 +86,8 @@ class Agent implements AgentApi {
   private readonly keeper: NodeKeeper | undefined;
   /** The drain's state and the Cluster Autoscaler's hold, on the own Node (not in a dry run, which changes nothing). */
   private readonly marks: NodeDrainMarks | undefined;
+  /** WEBHOOK_URL: told when a drain of this node starts and ends. */
+  private readonly webhook: Webhook | undefined;
   /** The admin secret as it is now: SECRET_FILE is followed as kubelet rewrites it. */
   private readonly secret: ApiSecret;
   private running: Running | undefined;
@@ -117,6 +122,15 @@ class Agent implements AgentApi {
     this.keeper =
       this.kube && config.nodeName ? new NodeKeeper(this.kube, config.nodeName, config.podName ?? 'hasta-la-vista', logger.child({ component: 'keep-out' })) : undefined;
     this.marks = this.kube && config.nodeName && !config.dryRun ? new NodeDrainMarks(this.kube, config.nodeName, logger.child({ component: 'node-marks' })) : undefined;
+    this.webhook = config.webhook
+      ? new Webhook({
+          url: config.webhook.url,
+          headersFile: config.webhook.headersFile,
+          nodeName: config.nodeName,
+          logger: logger.child({ component: 'webhook' }),
+          count: (event, outcome) => this.metrics.webhookNotices.inc({ event, outcome }),
+        })
+      : undefined;
     this.secret = config.secretFile ? new SecretFile(config.secretFile, config.secret!, logger.child({ component: 'api' })) : fixedSecret(config.secret!);
   }
 
@@ -462,10 +476,14 @@ class Agent implements AgentApi {
     }
     if (!handle.joined) {
       this.drainStarted(trigger, scope, deadline, caller);
-      if (whole) this.track(this.marks?.drainChanged(handle.status()));
+      if (whole) {
+        this.track(this.marks?.drainChanged(handle.status()));
+        this.webhook?.notify('drain.started', handle.status());
+      }
       this.track(
         handle.done.then(async (status) => {
           if (whole) {
+            this.webhook?.notify('drain.ended', status);
             await this.marks?.drainChanged(status);
             await this.running!.takenOut.remember(status).catch((error: unknown) => this.logger.error({ err: error }, 'could not remember what the drain took out: it will not be given back by itself'));
             // Given back meanwhile (the drain was canceled for it): nothing to keep out.
@@ -663,6 +681,8 @@ class Agent implements AgentApi {
       this.logger.warn({ signal, notReadyBecause: this.notReadyBecause }, `${signal} before start-up finished: this instance is not known yet, so nothing was drained`);
     }
     await released;
+    // Notices under way get what is left of the grace period, a few seconds at most.
+    await this.webhook?.close(Math.max(0, Math.min(WEBHOOK_CLOSE_MS, graceEnds - Date.now())));
     await this.close(server);
     this.logger.info({ signal }, 'stopped');
     return ExitCode.ok;

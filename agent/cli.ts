@@ -164,6 +164,9 @@ Environment:
                          drain of their own node, from a Service of their own namespace (TokenReview); off:
                          pods need the secret (default hasta-la-vista)
   BIND_ADDRESS           the one address the API listens on (default: all of them)
+  WEBHOOK_URL            http(s) URL that gets a JSON POST when a drain of this node starts and when it
+                         ends, retried with backoff, never delaying the drain (unset: none)
+  WEBHOOK_HEADERS_FILE   a file of "Name: value" lines (a mounted Secret) sent with each webhook POST
   AWS_REGION             region (default: IMDS placement/region)
   LOGLEVEL               debug, info, warn, error (default info)
   CLUSTERNAME            cluster name for tag matching (default: the instance's kubernetes.io/cluster/<name>

@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { ipFamily } from './drain/addresses.ts';
 import type { HookSetting } from './aws/lifecycle.ts';
 import type { LogLevel } from './log.ts';
+import { readHeaders } from './notify/webhook.ts';
 
 export type SigtermPolicy = 'auto' | 'always' | 'never';
 
@@ -69,6 +70,8 @@ export interface Config {
   readonly coordination: 'auto' | 'off';
   /** HOST_IP: the node's address, where peers reach this agent's API when it coordinates. */
   readonly hostIp: string | undefined;
+  /** WEBHOOK_URL, with WEBHOOK_HEADERS_FILE: where a drain of this node is told when it starts and ends. */
+  readonly webhook: { readonly url: URL; readonly headersFile: string | undefined } | undefined;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
   readonly imdsV1Fallback: boolean;
 }
@@ -205,6 +208,34 @@ function tokenAudience(read: EnvReader): string | undefined {
   return value.toLowerCase() === 'off' ? undefined : value;
 }
 
+/** The webhook's URL, never echoed (it may carry a credential), and its headers file, read once now to report a problem at once. */
+function webhookSetting(read: EnvReader): Config['webhook'] {
+  const text = read.raw('WEBHOOK_URL');
+  const headersFile = read.raw('WEBHOOK_HEADERS_FILE');
+  if (text === undefined) {
+    if (headersFile !== undefined) read.problems.push('WEBHOOK_HEADERS_FILE is set without WEBHOOK_URL: set the URL to notify, or unset the headers file');
+    return undefined;
+  }
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+    read.problems.push('WEBHOOK_URL is not an http:// or https:// URL (its value is not shown: it may hold a credential)');
+    return undefined;
+  }
+  if (headersFile !== undefined) {
+    try {
+      readHeaders(headersFile);
+    } catch (error) {
+      read.problems.push(`WEBHOOK_HEADERS_FILE=${JSON.stringify(headersFile)} cannot be used (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): mount the Secret there, one "Name: value" a line`);
+    }
+  }
+  return { url, headersFile };
+}
+
 /** 0.0.0.0 or ::, which listen on every address, HOST_IP included. */
 function isUnspecified(address: string): boolean {
   return address === '0.0.0.0' || /^[0:]+$/.test(address);
@@ -256,6 +287,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     inventoryRefreshMs: read.seconds('INVENTORY_REFRESH', 1800, 0, 86_400),
     lifecycleHook: hookSetting(read),
     coordination: read.oneOf('COORDINATION', ['auto', 'off'] as const, 'auto'),
+    webhook: webhookSetting(read),
     hostIp: read.matching('HOST_IP', { test: (text: string) => ipFamily(text) !== undefined }, 'an IPv4 or IPv6 address (the chart sets it from the downward API, status.hostIP)'),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
@@ -278,6 +310,6 @@ export function loadConfig(env: Env, mode: Mode): Config {
 
 /** The configuration for the start-up log line: the secret is never part of it. */
 export function describeConfig(config: Config): Record<string, unknown> {
-  const { secret, ...rest } = config;
-  return { ...rest, secret: secret === undefined ? 'unset' : '[redacted]' };
+  const { secret, webhook, ...rest } = config;
+  return { ...rest, secret: secret === undefined ? 'unset' : '[redacted]', webhook: webhook ? { origin: webhook.url.origin, headersFile: webhook.headersFile } : 'unset' };
 }

@@ -68,6 +68,12 @@ export class Metrics {
     labelNames: ['route', 'code'] as const,
     registers: [this.registry],
   });
+  readonly webhookNotices = new Counter({
+    name: 'hasta_la_vista_webhook_notices_total',
+    help: 'Webhook notices (WEBHOOK_URL) by event and outcome: delivered, given_up, and attempt_failed for each failed try.',
+    labelNames: ['event', 'outcome'] as const,
+    registers: [this.registry],
+  });
   readonly awsCalls = new Counter({
     name: 'hasta_la_vista_aws_calls_total',
     help: 'AWS API calls made, by action.',

@@ -461,6 +461,18 @@ describe('chart: options and their checks', () => {
     );
   });
 
+  it('webhook: the URL from a Secret, headers from the same Secret as a file; a plain URL as given; no webhook by default', () => {
+    const env = envOf(agentContainer(render('-f', VALUES_ALL)));
+    assert.deepEqual(env.get('WEBHOOK_URL')?.valueFrom, { secretKeyRef: { name: 'hlv-webhook', key: 'slack-url' } });
+    assert.equal(envValue(env, 'WEBHOOK_HEADERS_FILE'), '/etc/hasta-la-vista/webhook/headers');
+    const pod = only(render('-f', VALUES_ALL), 'DaemonSet').spec.template.spec;
+    assert.deepEqual(pod.volumes.find((v: { name: string }) => v.name === 'webhook-headers').secret, { secretName: 'hlv-webhook', items: [{ key: 'headers', path: 'headers' }], defaultMode: 0o444 });
+    assert.equal(envValue(envOf(agentContainer(render('--set', 'webhook.url=https://hooks.example.com/notify'))), 'WEBHOOK_URL'), 'https://hooks.example.com/notify');
+    assert.equal(envOf(agentContainer(render())).has('WEBHOOK_URL'), false);
+    assert.match(renderFails('--set', 'webhook.url=https://a.example.com', '--set', 'webhook.existingSecret=s'), /webhook\.url and webhook\.existingSecret are both set/);
+    assert.match(renderFails('--set', 'webhook.headersKey=h'), /webhook\.headersKey needs webhook\.existingSecret/);
+  });
+
   it('pod tokens off: no TokenReview permission, and the agent refuses tokens', () => {
     const objects = render('--set', 'config.tokenAudience=off');
     assert.ok(!JSON.stringify(only(objects, 'ClusterRole').rules).includes('tokenreviews'));
@@ -634,6 +646,7 @@ describe('chart and agent: one rule for every value both check', () => {
     { value: 'config.maxConcurrentDrains', variable: 'MAX_CONCURRENT_DRAINS', accepted: [1, 1000], refused: [0, 1001] },
     { value: 'config.inventoryRefresh', variable: 'INVENTORY_REFRESH', accepted: [0, 86400], refused: [-1, 86401] },
     { value: 'config.coordination', variable: 'COORDINATION', accepted: ['auto', 'off'], refused: ['on', 'true', 'lease'] },
+    { value: 'webhook.url', variable: 'WEBHOOK_URL', accepted: ['https://hooks.example.com/services/T0/B0/x', 'http://10.0.0.5:8080/hook?x=1'], refused: ['ftp://files.example.com/x', 'hooks.example.com/x', 'https://', 'http://a b/'] },
     { value: 'config.tokenAudience', variable: 'TOKEN_AUDIENCE', accepted: ['hasta-la-vista', 'off', 'https://kubernetes.default.svc', 'a'.repeat(253)], refused: ['my audience', 'a'.repeat(254)] },
     // The chart also wants the grace period longer than the drain timeout: with a drain timeout of 1 s
     // that relation does not reach the limits tested here.

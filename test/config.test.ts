@@ -369,6 +369,38 @@ describe('loadConfig: SECRET_FILE', () => {
   });
 });
 
+describe('loadConfig: WEBHOOK_URL and WEBHOOK_HEADERS_FILE', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hlv-webhook-'));
+
+  it('an http(s) URL is taken; anything else is refused without echoing it (it may hold a credential)', () => {
+    assert.equal(load({ WEBHOOK_URL: 'https://hooks.example.com/services/T0/B0/x' }).webhook?.url.href, 'https://hooks.example.com/services/T0/B0/x');
+    assert.equal(load({}).webhook, undefined);
+    for (const value of ['ftp://user:Hunter2-x@files.example.com/', 'hooks.example.com/Hunter2-x']) {
+      const error = configError({ SECRET: GOOD_SECRET, WEBHOOK_URL: value });
+      assert.deepEqual(error.problems, ['WEBHOOK_URL is not an http:// or https:// URL (its value is not shown: it may hold a credential)']);
+      assert.ok(!error.message.includes('Hunter2'));
+    }
+  });
+
+  it('the headers file: checked at start, naming the line, never a value; it needs the URL', () => {
+    const good = join(dir, 'good');
+    writeFileSync(good, '# comment\nAuthorization: Bearer x\n\n');
+    assert.equal(load({ WEBHOOK_URL: 'https://h.example.com/', WEBHOOK_HEADERS_FILE: good }).webhook?.headersFile, good);
+    const bad = join(dir, 'bad');
+    writeFileSync(bad, 'Authorization: Bearer x\nBearer Hunter2-x\n');
+    assert.deepEqual(problemsOf({ SECRET: GOOD_SECRET, WEBHOOK_URL: 'https://h.example.com/', WEBHOOK_HEADERS_FILE: bad }), [
+      `WEBHOOK_HEADERS_FILE=${JSON.stringify(bad)} cannot be used (line 2 is not "Name: value"): mount the Secret there, one "Name: value" a line`,
+    ]);
+    assert.deepEqual(problemsOf({ SECRET: GOOD_SECRET, WEBHOOK_HEADERS_FILE: good }), ['WEBHOOK_HEADERS_FILE is set without WEBHOOK_URL: set the URL to notify, or unset the headers file']);
+  });
+
+  it('the start-up log line shows the webhook\'s origin only', () => {
+    const described = describeConfig(load({ WEBHOOK_URL: 'https://user:Hunter2-x@hooks.example.com/services/Hunter2-y?token=Hunter2-z' }));
+    assert.deepEqual(described['webhook'], { origin: 'https://hooks.example.com', headersFile: undefined });
+    assert.ok(!JSON.stringify(described).includes('Hunter2'));
+  });
+});
+
 describe('loadConfig: TOKEN_AUDIENCE and BIND_ADDRESS', () => {
   it('pod tokens are accepted for audience hasta-la-vista unless told otherwise; off refuses them', () => {
     assert.equal(load({}).tokenAudience, 'hasta-la-vista');
@@ -439,6 +471,7 @@ describe('loadConfig: all problems at once', () => {
       ASG_LIFECYCLE_HOOK: 'x y',
       BIND_ADDRESS: 'x',
       TOKEN_AUDIENCE: 'x y',
+      WEBHOOK_URL: 'x',
     };
     const problems = problemsOf(bad, 'agent');
     // POD_NAME's problem names POD_NAMESPACE as well; every other variable is the first word of its problem.

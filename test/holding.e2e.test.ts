@@ -2,10 +2,12 @@
  * Holding the node until it is out, and telling everyone, end to end: the built agent, moto behind the
  * fault-injecting proxy (which plays a target group's deregistration delay), the fake IMDS and the fake
  * Kubernetes API. The Cluster Autoscaler's soft taint, its taint, Karpenter's taint followed by the
- * agent's eviction, and the Node annotations that say where the drain stands.
+ * agent's eviction, the Node annotations that say where the drain stands, and the webhook that tells it.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
@@ -15,7 +17,7 @@ import { drainingTargets, startAwsProxy, type AwsProxy } from './fakes/aws-proxy
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
 import { REGION, seedWorld, type World } from './fixtures/world.ts';
-import { eventually, exitWithin, killAllAgents, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
 const SECRET = 'holding-Secret-5e1d7a9c3b20';
@@ -165,5 +167,78 @@ describe('Karpenter waits for the agent', () => {
     assert.ok(drained, 'the drain ended out before the process did');
     assert.ok(new Date(drained.time).getTime() >= endedAt, 'out only once the delay was over');
     assert.equal(markNow()?.state, 'deregistered');
+  });
+});
+
+/** A webhook receiver: what it was sent, and how it answers each request (an HTTP status, or never). */
+async function startReceiver(answer: (index: number) => number | 'never'): Promise<{ url: string; received: { headers: IncomingMessage['headers']; body: Record<string, any>; status: number | 'never' }[]; server: Server }> {
+  const received: { headers: IncomingMessage['headers']; body: Record<string, any>; status: number | 'never' }[] = [];
+  const server = createServer((req, res) => {
+    let text = '';
+    req.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    req.on('end', () => {
+      const status = answer(received.length);
+      received.push({ headers: req.headers, body: JSON.parse(text) as Record<string, any>, status });
+      if (status !== 'never') res.writeHead(status).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `127.0.0.1:${(server.address() as AddressInfo).port}`, received, server };
+}
+
+describe('the webhook tells when a drain of this node starts and ends', () => {
+  const drainNow = (agent: AgentProcess) => agent.fetch('/drain?wait=true&timeout=20', { method: 'POST', headers: { authorization: `Bearer ${SECRET}` } });
+
+  test('one notice at the start and one at the end, with the status and a text line; a failed delivery is tried again; the URL\'s credential and the headers are never logged', async () => {
+    const receiver = await startReceiver((index) => (index === 0 ? 500 : 200));
+    const headers = join(tmp, 'webhook-headers');
+    writeFileSync(headers, '# from a mounted Secret\nAuthorization: Bearer hook-Token-4242\nX-Team: sre\n');
+    try {
+      const agent = await startAgent({ WEBHOOK_URL: `http://hook:Pa55word@${receiver.url}/services/T0/B0/Path-Secret-77`, WEBHOOK_HEADERS_FILE: headers });
+      const status = (await (await drainNow(agent)).json()) as DrainStatus;
+      assert.equal(status.state, 'deregistered');
+      await eventually(() => receiver.received.filter((r) => r.status === 200).length === 2, 15_000, 'both notices delivered');
+
+      const delivered = receiver.received.filter((r) => r.status === 200).map((r) => r.body);
+      const started = delivered.find((body) => body.event === 'drain.started')!;
+      const ended = delivered.find((body) => body.event === 'drain.ended')!;
+      assert.equal(started.instanceId, world.node.id);
+      assert.equal(started.node, NODE);
+      assert.equal(started.state, 'draining');
+      assert.match(started.text, new RegExp(`^hasta-la-vista: draining ${world.node.id} \\(node ${NODE.replace(/\./g, '\\.')}\\) from its load balancers \\(api\\), until `));
+      assert.equal(ended.state, 'deregistered');
+      assert.equal(ended.finishedAt, status.finishedAt);
+      assert.equal(ended.loadBalancers.length, status.loadBalancers.length);
+      assert.match(ended.text, /is out of all 4 load balancers after \d+\.\d s \(api\)$/);
+      assert.ok(receiver.received.length >= 3, 'the refused delivery was tried again');
+      assert.equal(receiver.received[0]!.headers.authorization, 'Bearer hook-Token-4242');
+      assert.equal(receiver.received[0]!.headers['x-team'], 'sre');
+      assert.equal(receiver.received[0]!.headers['content-type'], 'application/json');
+
+      const text = await (await agent.fetch('/metrics')).text();
+      assert.equal(metricSample(text, 'hasta_la_vista_webhook_notices_total', { event: 'drain.ended', outcome: 'delivered' }), 1);
+      assert.equal(metricSample(text, 'hasta_la_vista_webhook_notices_total', { outcome: 'attempt_failed' }), 1);
+      assert.equal(agent.logs().filter((line) => /webhook delivery failed: the receiver answered 500/.test(line.msg)).length, 1, 'the failure said once');
+      for (const secret of ['Pa55word', 'Path-Secret-77', 'hook-Token-4242']) assert.ok(!agent.stderr().includes(secret), `${secret} is in the log`);
+    } finally {
+      receiver.server.closeAllConnections();
+      receiver.server.close();
+    }
+  });
+
+  test('a receiver that never answers does not delay the drain', async () => {
+    const receiver = await startReceiver(() => 'never');
+    try {
+      const agent = await startAgent({ WEBHOOK_URL: `http://${receiver.url}/hook` });
+      const answer = await drainNow(agent);
+      assert.equal(answer.status, 200);
+      assert.equal(((await answer.json()) as DrainStatus).state, 'deregistered');
+      assert.ok(receiver.received.length >= 1, 'the start was sent');
+      assert.ok(receiver.received.every((r) => r.status === 'never'), 'out while no notice has been answered');
+      await eventually(() => agent.logs().some((line) => /webhook delivery failed: no answer within 5 s; trying again/.test(line.msg)), 15_000, 'the timeout is said');
+    } finally {
+      receiver.server.closeAllConnections();
+      receiver.server.close();
+    }
   });
 });
