@@ -10,6 +10,7 @@ import { errorMessage } from './aws/errors.ts';
 import { drainHeldByHook, type LifecycleHolder } from './aws/lifecycle.ts';
 import type { TaggedInventory } from './aws/inventory.ts';
 import { createAwsProvider, PlacementError } from './aws/provider.ts';
+import { LONGEST_SPOT_SAFE_DELAY_SECONDS } from './aws/deregistration-delays.ts';
 import { describeConfig, type Config } from './config.ts';
 import type { DrainHandle, DrainRunner } from './drain/drainer.ts';
 import { Drainer } from './drain/drainer.ts';
@@ -169,7 +170,14 @@ class Agent implements AgentApi {
     const self = resolved.self!;
     this.metrics.countAwsCalls(resolved.clients.calls);
     this.metrics.countDrainsInFlight(() => this.running?.drainer.running() ?? 0);
-    const provider = createAwsProvider(resolved.clients, resolved.placement, this.config.lifecycleHook, this.logger);
+    const provider = createAwsProvider(resolved.clients, resolved.placement, this.config.lifecycleHook, this.logger, {
+      read: (delays) => this.metrics.showDeregistrationDelays(delays),
+      tooLong: (delay, fix) => {
+        const said = `${delay.name}'s deregistration delay is ${delay.seconds} s, longer than a spot notice allows (${LONGEST_SPOT_SAFE_DELAY_SECONDS} s): a drain from it cannot be out in time; ${fix}`;
+        this.logger.warn({ loadBalancer: delay.name, deregistrationDelaySeconds: delay.seconds }, said);
+        this.track(this.keeper?.event('LongDeregistrationDelay', said, 'Warning'));
+      },
+    });
     const drainer = new Drainer({
       ...provider,
       calls: resolved.clients.calls,

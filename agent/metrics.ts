@@ -1,6 +1,7 @@
 /** The Prometheus registry and every metric the agent exports, in one place. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { CallLog } from './aws/call-log.ts';
+import type { DeregistrationDelay } from './aws/deregistration-delays.ts';
 import type { DrainObserver } from './drain/drain.ts';
 import type { DrainStatus } from './drain/status.ts';
 
@@ -74,6 +75,12 @@ export class Metrics {
     labelNames: ['event', 'outcome'] as const,
     registers: [this.registry],
   });
+  readonly deregistrationDelay = new Gauge({
+    name: 'hasta_la_vista_deregistration_delay_seconds',
+    help: 'Deregistration delay (connection draining) of each of the cluster\'s load balancers, as last read with the inventory; one longer than a spot notice allows is also a warning.',
+    labelNames: ['load_balancer'] as const,
+    registers: [this.registry],
+  });
   readonly awsCalls = new Counter({
     name: 'hasta_la_vista_aws_calls_total',
     help: 'AWS API calls made, by action.',
@@ -88,6 +95,12 @@ export class Metrics {
   /** Where the in-flight gauge reads its value at each scrape. */
   countDrainsInFlight(count: () => number): void {
     this.countInFlight = count;
+  }
+
+  /** The delays as read now: load balancers no longer in scope drop out. */
+  showDeregistrationDelays(delays: readonly DeregistrationDelay[]): void {
+    this.deregistrationDelay.reset();
+    for (const delay of delays) this.deregistrationDelay.set({ load_balancer: delay.name }, delay.seconds);
   }
 
   countAwsCalls(calls: CallLog): void {

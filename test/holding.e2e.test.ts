@@ -16,7 +16,9 @@ import type { DrainStatus } from '../agent/drain/status.ts';
 import { drainingTargets, startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
 import { startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
-import { REGION, seedWorld, type World } from './fixtures/world.ts';
+import { ModifyLoadBalancerAttributesCommand } from '@aws-sdk/client-elastic-load-balancing';
+import { ModifyTargetGroupAttributesCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
+import { awsClients, REGION, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
 import { freePort, startMoto, type Moto } from './helpers/moto.ts';
 
@@ -240,5 +242,49 @@ describe('the webhook tells when a drain of this node starts and ends', () => {
       receiver.server.closeAllConnections();
       receiver.server.close();
     }
+  });
+});
+
+describe('deregistration delays against the deadline', () => {
+  /** As a cluster often has it: one target group left at AWS's default 300 s, the rest short. */
+  async function delays(): Promise<void> {
+    const aws = awsClients(moto.url);
+    await aws.elbv2.send(new ModifyTargetGroupAttributesCommand({ TargetGroupArn: world.groups.taggedIp, Attributes: [{ Key: 'deregistration_delay.timeout_seconds', Value: '30' }] }));
+    await aws.elbv2.send(new ModifyTargetGroupAttributesCommand({ TargetGroupArn: world.groups.viaTaggedAlb, Attributes: [{ Key: 'deregistration_delay.timeout_seconds', Value: '300' }] }));
+    for (const name of [world.classic.tagged, world.classic.readmeTagged]) {
+      await aws.elb.send(new ModifyLoadBalancerAttributesCommand({ LoadBalancerName: name, LoadBalancerAttributes: { ConnectionDraining: { Enabled: true, Timeout: 20 } } }));
+    }
+  }
+
+  test('a target group with a 300 s delay: one warning with the fix (log, Event, gauge); the status says when each should be out; the timeout says the delay outlasts the deadline', async () => {
+    await delays();
+    proxy.addFault(drainingTargets());
+    const agent = await startAgent({ DRAIN_TIMEOUT: '3' });
+    await eventually(() => kube.events.some((event) => event.reason === 'LongDeregistrationDelay'), 10_000, 'the warning Event');
+    const warnings = agent.logs().filter((line) => line.level === 'warn' && /deregistration delay is 300 s, longer than a spot notice allows/.test(line.msg));
+    assert.equal(warnings.length, 1, 'one warning, for the one group');
+    assert.match(warnings[0]!.msg, /^tg-via-alb's .*service\.beta\.kubernetes\.io\/aws-load-balancer-target-group-attributes: deregistration_delay\.timeout_seconds=30/);
+    assert.equal(kube.events.filter((event) => event.reason === 'LongDeregistrationDelay').length, 1);
+    const text = await (await agent.fetch('/metrics')).text();
+    assert.equal(metricSample(text, 'hasta_la_vista_deregistration_delay_seconds', { load_balancer: 'tg-via-alb' }), 300);
+    assert.equal(metricSample(text, 'hasta_la_vista_deregistration_delay_seconds', { load_balancer: 'tg-tagged-ip' }), 30);
+    assert.equal(metricSample(text, 'hasta_la_vista_deregistration_delay_seconds', { load_balancer: world.classic.tagged }), 20);
+
+    const answer = await agent.fetch('/drain?wait=true', { method: 'POST', headers: { authorization: `Bearer ${SECRET}` } });
+    const status = (await answer.json()) as DrainStatus;
+    assert.equal(status.state, 'timed_out');
+    const group = status.loadBalancers.find((lb) => lb.arn === world.groups.viaTaggedAlb)!;
+    assert.equal(group.deregistrationDelaySeconds, 300);
+    assert.equal(Date.parse(group.expectedOutAt!) - Date.parse(group.deregisteredAt!), 300_000, 'out at the latest when the delay ends');
+    assert.equal(status.loadBalancers.find((lb) => lb.name === world.classic.tagged)?.deregistrationDelaySeconds, 20);
+    assert.match(status.reason!, new RegExp(`${world.groups.viaTaggedAlb}'s deregistration delay of 300 s outlasts the deadline`));
+  });
+
+  test('reading the delays denied (an older IAM policy): said once with the permission to grant, and drains go on', async () => {
+    proxy.addFault((call) => (call.action === 'DescribeTargetGroupAttributes' ? { kind: 'error', status: 403, code: 'AccessDenied', message: 'not authorized' } : undefined));
+    const agent = await startAgent();
+    await eventually(() => agent.logs().some((line) => /reading deregistration delays is denied.*grant elasticloadbalancing:DescribeTargetGroupAttributes/.test(line.msg)), 10_000, 'the denial said');
+    const answer = await agent.fetch('/drain?wait=true&timeout=20', { method: 'POST', headers: { authorization: `Bearer ${SECRET}` } });
+    assert.equal(((await answer.json()) as DrainStatus).state, 'deregistered');
   });
 });

@@ -244,7 +244,8 @@ describe('KubeClient against the fake API server', () => {
     assert.equal(stored?.metadata.labels.old, undefined);
     assert.equal(stored?.metadata.labels.keep, 'y');
     assert.equal(stored?.metadata.annotations['hasta-la-vista/drained-at'], '2026-11-27T10:00:00Z');
-    assert.deepEqual(fake.patches.at(-1), {
+    const { at: _at, ...sent } = fake.patches.at(-1)!;
+    assert.deepEqual(sent, {
       node: 'node-c',
       contentType: 'application/merge-patch+json',
       body: {

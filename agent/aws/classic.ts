@@ -16,6 +16,7 @@ import { errorCode } from './errors.ts';
 import { chunks, describeSurvivors } from './batches.ts';
 import { fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
 import type { Logger } from '../log.ts';
+import type { DelaySource } from './deregistration-delays.ts';
 import { inScope } from './tags.ts';
 
 export interface ClassicMembership extends Membership {
@@ -41,6 +42,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     private readonly elb: LazyClient<ElasticLoadBalancingClient>,
     private readonly inventory: InventorySource,
     private readonly logger: Logger,
+    private readonly delays?: DelaySource,
     batchWindowMs = BATCH_WINDOW_MS,
   ) {
     const batched = <Answer>(maxItems: number, call: (name: string, items: string[], signal: AbortSignal) => Promise<Answer[]>) =>
@@ -91,7 +93,7 @@ export class ClassicFamily implements LoadBalancerFamily<ClassicMembership> {
     // Batch by batch: a batch that cannot be read must not hold up the others' deregistration.
     const settled = await Promise.allSettled(
       chunks(names, NAMES_PER_CALL).map(async (batch) => {
-        const found = (await this.describe(batch, ctx)).filter(isMember).map((lb) => membership(lb.LoadBalancerName!, instance.id, true));
+        const found = (await this.describe(batch, ctx)).filter(isMember).map((lb) => membership(lb.LoadBalancerName!, instance.id, true, this.delays?.of(lb.LoadBalancerName!)?.seconds));
         found.forEach(ctx.found);
         return found;
       }),
@@ -151,6 +153,6 @@ function nameOf(arn: string): string {
 }
 
 /** `serving`: listed by DescribeLoadBalancers, which drops an instance as soon as it is deregistered. */
-function membership(name: string, instanceId: string, serving: boolean): ClassicMembership {
-  return { id: name, name, instanceId, serving, summary: { name } };
+function membership(name: string, instanceId: string, serving: boolean, deregistrationDelaySeconds?: number): ClassicMembership {
+  return { id: name, name, instanceId, serving, summary: { name }, ...(deregistrationDelaySeconds === undefined ? {} : { deregistrationDelaySeconds }) };
 }

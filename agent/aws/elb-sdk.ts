@@ -5,6 +5,7 @@
 export {
   DeregisterInstancesFromLoadBalancerCommand,
   DescribeInstanceHealthCommand,
+  DescribeLoadBalancerAttributesCommand,
   DescribeLoadBalancersCommand,
   DescribeTagsCommand,
   ElasticLoadBalancingClient,

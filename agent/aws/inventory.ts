@@ -56,6 +56,7 @@ export class TaggedInventory implements InventorySource {
   private taggingDenied = false;
   private refresher: NodeJS.Timeout | undefined;
   private refreshing: { stopped: boolean } | undefined;
+  private readonly refreshed: ((inventory: Inventory, signal: AbortSignal) => Promise<void>)[] = [];
 
   constructor(
     private readonly clients: Pick<AwsClients, 'tagging' | 'elb' | 'elbv2'>,
@@ -81,13 +82,22 @@ export class TaggedInventory implements InventorySource {
     return untilAborted(this.inFlight, signal);
   }
 
+  /** Work to do after each background refresh (not after a drain's own fetch), before the next is planned. */
+  afterRefresh(work: (inventory: Inventory, signal: AbortSignal) => Promise<void>): void {
+    this.refreshed.push(work);
+  }
+
   /** Fetches now, then about every `intervalMs` (between half and one and a half times it, so nodes spread out). */
   refreshEvery(intervalMs: number): void {
     this.stop();
     const refreshing = { stopped: false };
     this.refreshing = refreshing;
     const refresh = () => {
-      this.inventory(AbortSignal.timeout(60_000))
+      const signal = AbortSignal.timeout(60_000);
+      this.inventory(signal)
+        .then(async (inventory) => {
+          for (const work of this.refreshed) await work(inventory, signal);
+        })
         .catch((error: unknown) => this.logger.warn({ err: error }, 'could not refresh the inventory of cluster load balancers; a drain will ask again'))
         .finally(() => {
           // Stopped while this refresh ran (the agent stopped coordinating): no next one.

@@ -9,6 +9,7 @@ import { ClassicFamily } from './classic.ts';
 import type { AwsClients } from './clients.ts';
 import { describeInstance, Ec2InstanceLookup } from './instances.ts';
 import { LifecycleHolder, type HookSetting } from './lifecycle.ts';
+import { DeregistrationDelays, type DelayListener } from './deregistration-delays.ts';
 import { TaggedInventory } from './inventory.ts';
 import { clusterNameFromInstanceTags, tagsFromList } from './tags.ts';
 import { TargetGroupFamily } from './target-groups.ts';
@@ -27,11 +28,14 @@ export interface AwsProvider {
   readonly inventory: TaggedInventory;
 }
 
-export function createAwsProvider(clients: AwsClients, placement: Placement, hooks: HookSetting, logger: Logger): AwsProvider {
+/** `delays`: told what the deregistration delays are, read with each background refresh of the inventory. */
+export function createAwsProvider(clients: AwsClients, placement: Placement, hooks: HookSetting, logger: Logger, delays?: DelayListener): AwsProvider {
   const inventory = new TaggedInventory(clients, placement.clusterName, logger);
+  const deregistrationDelays = new DeregistrationDelays(clients, placement.vpcId, logger.child({ component: 'delays' }), delays);
+  inventory.afterRefresh((known, signal) => deregistrationDelays.refresh(known, signal));
   return {
     lookup: new Ec2InstanceLookup(clients.ec2, placement.vpcId),
-    families: [new ClassicFamily(clients.elb, inventory, logger), new TargetGroupFamily(clients.elbv2, inventory, logger)],
+    families: [new ClassicFamily(clients.elb, inventory, logger, deregistrationDelays), new TargetGroupFamily(clients.elbv2, inventory, logger, deregistrationDelays)],
     lifecycle: new LifecycleHolder(clients.autoscaling, hooks, logger.child({ component: 'lifecycle' })),
     inventory,
   };

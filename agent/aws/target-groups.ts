@@ -18,6 +18,7 @@ import { describeSurvivors } from './batches.ts';
 import { errorCode } from './errors.ts';
 import { fromKnownThenFresh, type Inventory, type InventorySource } from './inventory.ts';
 import type { Logger } from '../log.ts';
+import type { DelaySource } from './deregistration-delays.ts';
 import { instanceHoldsAddress } from '../drain/addresses.ts';
 import { inScope, type Tags } from './tags.ts';
 
@@ -48,6 +49,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     private readonly elbv2: LazyClient<ElasticLoadBalancingV2Client>,
     private readonly inventory: InventorySource,
     private readonly logger: Logger,
+    private readonly delays?: DelaySource,
     batchWindowMs = BATCH_WINDOW_MS,
   ) {
     const describe = async (arn: string, targets: TargetDescription[] | undefined, signal: AbortSignal) => {
@@ -162,7 +164,7 @@ export class TargetGroupFamily implements LoadBalancerFamily<TargetGroupMembersh
     const mine = health.filter((description) => description.Target?.Id !== undefined && isInstance(description.Target.Id));
     if (mine.length === 0) return undefined;
     const serving = mine.some((description) => SERVING_STATES.has(description.TargetHealth?.State ?? ''));
-    return toMembership(arn, mine.map((description) => description.Target!), serving);
+    return toMembership(arn, mine.map((description) => description.Target!), serving, this.delays?.of(arn)?.seconds);
   }
 }
 
@@ -187,6 +189,7 @@ function isThisInstance(id: string, instance: Instance): boolean {
   return id === instance.id || instanceHoldsAddress(instance, id);
 }
 
-function toMembership(arn: string, targets: readonly TargetDescription[], serving: boolean): TargetGroupMembership {
-  return { id: arn, arn, targets, serving, summary: { arn, targets: targets.map((target) => ({ id: target.Id, port: target.Port })) } };
+function toMembership(arn: string, targets: readonly TargetDescription[], serving: boolean, deregistrationDelaySeconds?: number): TargetGroupMembership {
+  const summary = { arn, targets: targets.map((target) => ({ id: target.Id, port: target.Port })) };
+  return { id: arn, arn, targets, serving, summary, ...(deregistrationDelaySeconds === undefined ? {} : { deregistrationDelaySeconds }) };
 }

@@ -65,7 +65,8 @@ export async function runDrain(
       const takingOut: Promise<void>[] = [];
       // Each membership is taken out as soon as it is found, while discovery goes on for the rest.
       await discover(family, instance, options.scope, ctx, shortfall, log, (membership) => {
-        const entry: LoadBalancerStatus = { family: family.name, ...membership.summary, state: 'draining' };
+        const delay = membership.deregistrationDelaySeconds;
+        const entry: LoadBalancerStatus = { family: family.name, ...membership.summary, state: 'draining', ...(delay === undefined ? {} : { deregistrationDelaySeconds: delay }) };
         status.loadBalancers.push(entry);
         if (options.dryRun) {
           entry.reason = 'dry run: not deregistered';
@@ -150,6 +151,7 @@ async function takeOut(family: LoadBalancerFamily, membership: Membership, entry
     try {
       await family.deregister(membership, ctx);
       entry.deregisteredAt = new Date().toISOString();
+      if (entry.deregistrationDelaySeconds !== undefined) entry.expectedOutAt = new Date(Date.now() + entry.deregistrationDelaySeconds * 1000).toISOString();
       delete entry.reason;
       log.info({ ms: Date.now() - started }, 'deregistered');
     } catch (error) {
@@ -195,6 +197,13 @@ async function failOrWait(error: unknown, attempt: number, entry: LoadBalancerSt
   }
 }
 
+/** What says why a drain timed out when a load balancer's deregistration delay ends after the deadline. */
+function outlasting(status: DrainStatus): string[] {
+  return status.loadBalancers
+    .filter((lb) => lb.state === 'draining' && lb.expectedOutAt !== undefined && lb.expectedOutAt > status.deadline)
+    .map((lb) => `${String(lb.name ?? lb.arn)}'s deregistration delay of ${lb.deregistrationDelaySeconds} s outlasts the deadline (out at ${lb.expectedOutAt}): shorten it to fit the time a notice gives`);
+}
+
 /** The overall state, from what each load balancer reached: success only where every one was seen out. */
 function settle(status: DrainStatus, { failures, unfinished, notes }: Shortfall, dryRun: boolean, interrupted: string | undefined): void {
   const draining = status.loadBalancers.filter((lb) => lb.state === 'draining').length;
@@ -208,7 +217,7 @@ function settle(status: DrainStatus, { failures, unfinished, notes }: Shortfall,
     status.reason = [`interrupted: ${interrupted} with ${draining} load balancer(s) not yet out`, ...problems].join('; ');
   } else if (draining > 0 || unfinished.length > 0) {
     status.state = 'timed_out';
-    status.reason = [...(draining > 0 ? [`deadline passed with ${draining} load balancer(s) not yet out`] : []), ...problems].join('; ');
+    status.reason = [...(draining > 0 ? [`deadline passed with ${draining} load balancer(s) not yet out`] : []), ...outlasting(status), ...problems].join('; ');
   } else if (failed > 0 || failures.length > 0) {
     status.state = 'failed';
     status.reason = [...(failed > 0 ? [`${failed} load balancer(s) failed`] : []), ...failures].join('; ');

@@ -27,6 +27,8 @@ export interface Membership {
    * keep-out re-check does not count it as registered again).
    */
   readonly serving: boolean;
+  /** How long the load balancer keeps it after deregistration, when that has been read. */
+  readonly deregistrationDelaySeconds?: number;
 }
 
 export type OutCheck = { readonly out: true } | { readonly out: false; readonly detail: string };

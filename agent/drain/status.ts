@@ -26,6 +26,10 @@ export interface LoadBalancerStatus {
   reason?: string;
   deregisteredAt?: string;
   outAt?: string;
+  /** The load balancer's deregistration delay (connection draining), when it is known. */
+  deregistrationDelaySeconds?: number;
+  /** When the delay ends after the deregistration: when it should be out at the latest. */
+  expectedOutAt?: string;
 }
 
 export interface DrainStatus {

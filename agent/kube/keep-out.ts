@@ -19,7 +19,8 @@ export type EventKind =
   | 'ReRegistrationCaught'
   | 'RegisteredBack'
   | 'GivenBack'
-  | 'NotDraining';
+  | 'NotDraining'
+  | 'LongDeregistrationDelay';
 
 export class NodeKeeper {
   constructor(
