@@ -36,7 +36,7 @@ import { NodeAnnotationMemory, isTakenOut } from './memory/taken-out.ts';
 import { TAKEN_OUT_ANNOTATION, WholeNodeMemory } from './memory/whole-node.ts';
 import { createKubeClient, type KubeClient } from './kube/client.ts';
 import { loadKubeAccess } from './kube/config.ts';
-import { NodeDrainMarks } from './kube/drain-marks.ts';
+import { AUTOSCALER_DELETING_TAINT, NodeDrainMarks } from './kube/drain-marks.ts';
 import { Webhook } from './notify/webhook.ts';
 import { NodeKeeper } from './kube/keep-out.ts';
 import { NodeWatch } from './kube/node-watch.ts';
@@ -47,6 +47,8 @@ import { LocalServices } from './services/local-services.ts';
 
 /** Start-up retries IMDS and AWS at least this often while they fail: a fixed cause is noticed within this time. */
 const START_RETRY_CAP_MS = 30_000;
+/** How long a drain started by the Cluster Autoscaler's taint waits for its hold to be on the Node. */
+const HOLD_FIRST_MS = 2_000;
 /** How long notices still under way may take at shutdown. */
 const WEBHOOK_CLOSE_MS = 5_000;
 /** Kept back from the pod's grace period, to close the server and exit before SIGKILL. */
@@ -383,7 +385,10 @@ class Agent implements AgentApi {
     }
     // Out already, and kept out by the re-check: nothing to do for one more sign.
     if (running?.status().state === 'deregistered' && this.wholeDrainStarted) return;
-    this.drainSelf(verdict.evidence[0]!.trigger, deadline, ALL)
+    // The Cluster Autoscaler's hold goes on the Node before the first deregistration.
+    const autoscaler = verdict.evidence.some((sign) => sign.key === `node:taint:${AUTOSCALER_DELETING_TAINT}`);
+    (autoscaler && this.marks ? this.marks.written(HOLD_FIRST_MS) : Promise.resolve())
+      .then(() => this.drainSelf(verdict.evidence[0]!.trigger, deadline, ALL))
       .then((handle) => handle.reschedule(deadline, triggers))
       .catch((error: unknown) => this.logger.error({ err: error }, 'could not start the drain of this node'));
   }

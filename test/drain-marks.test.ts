@@ -62,6 +62,14 @@ describe('NodeDrainMarks', () => {
     assert.equal(patches.length, 4, 'no drain mark to remove');
   });
 
+  it('the autoscaler\'s taint alone holds too, until the drain ends', async () => {
+    const { patches, marks } = setUp();
+    await marks.observe(node(['ToBeDeletedByClusterAutoscaler']));
+    await marks.drainChanged(status('draining'));
+    await marks.drainChanged(status('deregistered'));
+    assert.deepEqual(patches.filter((patch) => HOLD in patch).map((patch) => patch[HOLD] !== null), [true, false]);
+  });
+
   it('a failed write is logged and never thrown: the drain goes on', async () => {
     const { patches, marks } = setUp(true);
     await marks.drainChanged(status('draining'));

@@ -116,6 +116,15 @@ describe('the Cluster Autoscaler waits for the drain', () => {
     assert.deepEqual(marks, ['draining', 'deregistered'], 'written when it started and when it ended');
   });
 
+  test('its taint alone (its soft taint not seen: the agent started late): held before the first deregistration all the same, and let go once out', async () => {
+    const agent = await startAgent();
+    taint(CA_TAINT);
+    await statusBecomes(agent, 'deregistered');
+    const held = writesOf(HOLD);
+    assert.ok(held[0]!.value !== null && held[0]!.at < deregistrations()[0]!.at, 'held before the first deregistration');
+    await eventually(() => annotation(HOLD) === undefined, 5_000, 'the hold off once out');
+  });
+
   test('a drain that times out (a deregistration delay longer than the drain may wait): the hold comes off all the same', async () => {
     proxy.addFault(drainingTargets());
     const agent = await startAgent({ DRAIN_TIMEOUT: '3' });

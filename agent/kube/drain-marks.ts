@@ -10,10 +10,12 @@
  *   ToBeDeletedByClusterAutoscaler taint: an annotation written on seeing that taint would come too late
  *   (cluster-autoscaler core/scaledown/actuation/delay.go). Before it chooses a node it marks it
  *   DeletionCandidateOfClusterAutoscaler, for --scale-down-unneeded-time (10 minutes by default). So the
- *   hold is on the Node while that soft taint is (the autoscaler leaves it on beside its taint) and no
- *   drain of the whole node has ended; it comes off when that drain ends, whatever its result, and stays
- *   off until the node is given back (a forgotten hold makes the autoscaler wait its whole timeout); it
- *   also comes off when the soft taint goes, and when the agent stops without draining.
+ *   hold is on the Node while that soft taint is (the autoscaler leaves it on beside its taint), or its
+ *   taint (then the agent writes it before the drain's first deregistration, though only an autoscaler
+ *   that saw it before its taint waits for it), and no drain of the whole node has ended; it comes off
+ *   when that drain ends, whatever its result, and stays off until the node is given back (a forgotten
+ *   hold makes the autoscaler wait its whole timeout); it also comes off when the taints go, and when
+ *   the agent stops without draining.
  *
  * A Node that never sees the autoscaler is never written to but for drains. Writes are merge patches of
  * the annotations, one at a time in the order decided; a failure is logged and never stops a drain.
@@ -27,6 +29,8 @@ export const DRAIN_ANNOTATION = 'hasta-la-vista.io/drain';
 export const AUTOSCALER_HOLD_ANNOTATION = 'delay-deletion.cluster-autoscaler.kubernetes.io/hasta-la-vista';
 /** The Cluster Autoscaler's "may be removed later" (PreferNoSchedule): no drain, but the hold goes on. */
 export const DELETION_CANDIDATE_TAINT = 'DeletionCandidateOfClusterAutoscaler';
+/** The Cluster Autoscaler's "removing it now": the drain starts, held. */
+export const AUTOSCALER_DELETING_TAINT = 'ToBeDeletedByClusterAutoscaler';
 const HOLD_VALUE = 'deleted only once out of its load balancers';
 
 /** The drain as the Node shows it. */
@@ -42,7 +46,8 @@ export class NodeDrainMarks {
   private writes: Promise<void> = Promise.resolve();
   /** What the Node carries, as last seen or written. */
   private readonly carries = { hold: false, mark: false };
-  private candidate = false;
+  /** The autoscaler's soft taint, or its taint, is on the Node. */
+  private autoscaler = false;
   /** A drain of the whole node ended: nothing left to wait for until the node is given back. */
   private drained = false;
 
@@ -56,8 +61,15 @@ export class NodeDrainMarks {
   observe(node: KubeNode): Promise<void> {
     this.carries.hold = node.metadata.annotations[AUTOSCALER_HOLD_ANNOTATION] !== undefined;
     this.carries.mark = node.metadata.annotations[DRAIN_ANNOTATION] !== undefined;
-    this.candidate = (node.spec.taints ?? []).some((taint) => taint.key === DELETION_CANDIDATE_TAINT);
+    this.autoscaler = (node.spec.taints ?? []).some((taint) => taint.key === DELETION_CANDIDATE_TAINT || taint.key === AUTOSCALER_DELETING_TAINT);
     return this.write({});
+  }
+
+  /** Resolves once the writes asked for so far are done, or after `capMs`: a hold goes on before the drain, which waits no longer than that. */
+  async written(capMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.writes, new Promise<void>((resolve) => (timer = setTimeout(resolve, capMs)))]);
+    clearTimeout(timer);
   }
 
   /** A drain of the whole node started or ended. */
@@ -75,13 +87,13 @@ export class NodeDrainMarks {
 
   /** This agent stops without draining (a pod restart, an uninstall): nobody would lift a hold. */
   stopping(): Promise<void> {
-    this.candidate = false;
+    this.autoscaler = false;
     return this.write({});
   }
 
   /** Writes `annotations`, and the hold whenever it should change. */
   private write(annotations: Record<string, string | null>): Promise<void> {
-    const hold = this.candidate && !this.drained;
+    const hold = this.autoscaler && !this.drained;
     const patch = { ...annotations, ...(hold !== this.carries.hold ? { [AUTOSCALER_HOLD_ANNOTATION]: hold ? HOLD_VALUE : null } : {}) };
     if (Object.keys(patch).length === 0) return this.writes;
     if (DRAIN_ANNOTATION in patch) this.carries.mark = patch[DRAIN_ANNOTATION] !== null;
