@@ -7,48 +7,44 @@
  * a file the agent follows when it changes, and the API can be bound to one address.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AddTagsCommand as AddClassicTagsCommand } from '@aws-sdk/client-elastic-load-balancing';
-import { AddTagsCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { DrainStatus } from '../agent/drain/status.ts';
-import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
-import { startFakeImds, type FakeImds } from './fakes/imds.ts';
-import { makeEndpointSlice, makeNode, makePod, startFakeKube, type FakeKube } from './fakes/kube.ts';
-import { awsClients, REGION, seedWorld, type World } from './fixtures/world.ts';
-import { eventually, killAllAgents, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
-import { freePort, startMoto, type Moto } from './helpers/moto.ts';
+import type { AwsProxy } from './fakes/aws-proxy.ts';
+import type { FakeImds } from './fakes/imds.ts';
+import { makeEndpointSlice, makePod, type FakeKube } from './fakes/kube.ts';
+import { tagService, type World } from './fixtures/world.ts';
+import { eventually, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { useCluster } from './helpers/e2e-cluster.ts';
+import { freePort } from './helpers/moto.ts';
 
 const SECRET = 'callers-Admin-Secret-8841';
 const ADMIN = { authorization: `Bearer ${SECRET}` };
 const NODE = 'ip-10-0-1-4.ec2.internal';
 const OTHER_NODE = 'ip-10-0-2-9.ec2.internal';
 
-let moto: Moto;
+const cluster = useCluster({
+  node: NODE,
+  pod: { namespace: 'kube-system', name: 'hasta-la-vista-abcde' },
+  prepare: async ({ moto, world, kube }) => {
+    await tagService(moto.url, world, 'shop/web');
+    kube.setPod(makePod('shop', 'web-1', { nodeName: NODE }));
+    kube.setPod(makePod('shop', 'web-2', { nodeName: OTHER_NODE }));
+    // The stopping pod is still listed as ready: only its being the caller keeps it from counting.
+    kube.setEndpointSlice(makeEndpointSlice('shop', 'web', 'web-abc12', [{ node: NODE, pod: 'web-1', ip: '10.0.1.100' }]));
+  },
+});
 let proxy: AwsProxy;
 let world: World;
 let imds: FakeImds;
 let kube: FakeKube;
-let kubeconfig: string;
 let tmp: string;
+beforeEach(() => ({ proxy, world, imds, kube, tmp } = cluster));
 
 async function startAgent(env: Record<string, string> = {}): Promise<AgentProcess> {
-  const agent = spawnAgent(await freePort(), {
-    AWS_ENDPOINT_URL: proxy.url,
-    AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url,
-    SECRET,
-    POLL_INTERVAL: '1',
-    NODE_NAME: NODE,
-    POD_NAME: 'hasta-la-vista-abcde',
-    POD_NAMESPACE: 'kube-system',
-    KUBECONFIG: kubeconfig,
-    LOCAL_SERVICE_DRAIN: 'true',
-    COORDINATION: 'off',
-    ...env,
-  });
+  const agent = spawnAgent(await freePort(), cluster.agentEnv({ SECRET, LOCAL_SERVICE_DRAIN: 'true', COORDINATION: 'off', ...env }));
   await waitReady(agent);
   return agent;
 }
@@ -62,41 +58,6 @@ async function post(agent: AgentProcess, query: string, headers: Record<string, 
 
 const deregisteredFrom = () => proxy.calls.filter((call) => call.action.startsWith('Deregister')).map((call) => call.params.get('LoadBalancerName') ?? call.params.get('TargetGroupArn')).sort();
 const tokenReviews = () => kube.requests.filter((request) => request.path === '/apis/authentication.k8s.io/v1/tokenreviews').length;
-
-before(async () => {
-  moto = await startMoto();
-  proxy = await startAwsProxy(moto.url);
-  tmp = mkdtempSync(join(tmpdir(), 'hlv-callers-'));
-});
-after(async () => {
-  await proxy.close();
-  await moto.stop();
-  rmSync(tmp, { recursive: true, force: true });
-});
-beforeEach(async () => {
-  await moto.reset();
-  proxy.clearFaults();
-  world = await seedWorld(moto.url);
-  const aws = awsClients(moto.url);
-  // Service shop/web: a classic ELB (in-tree tag) and an ip target group (AWS Load Balancer Controller tag).
-  await aws.elb.send(new AddClassicTagsCommand({ LoadBalancerNames: [world.classic.tagged], Tags: [{ Key: 'kubernetes.io/service-name', Value: 'shop/web' }] }));
-  await aws.elbv2.send(new AddTagsCommand({ ResourceArns: [world.groups.taggedIp], Tags: [{ Key: 'service.k8s.aws/stack', Value: 'shop/web' }] }));
-  proxy.calls.length = 0;
-  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
-  kube = await startFakeKube({ token: 'callers-agent-token' });
-  kube.setNode(makeNode(NODE));
-  kube.setPod(makePod('kube-system', 'hasta-la-vista-abcde', { nodeName: NODE }));
-  kube.setPod(makePod('shop', 'web-1', { nodeName: NODE }));
-  kube.setPod(makePod('shop', 'web-2', { nodeName: OTHER_NODE }));
-  // The stopping pod is still listed as ready: only its being the caller keeps it from counting.
-  kube.setEndpointSlice(makeEndpointSlice('shop', 'web', 'web-abc12', [{ node: NODE, pod: 'web-1', ip: '10.0.1.100' }]));
-  kubeconfig = kube.writeKubeconfig(join(tmp, 'kubeconfig'));
-});
-afterEach(async () => {
-  await killAllAgents();
-  await imds.close();
-  await kube.close();
-});
 
 describe('a pod presenting its own projected token', () => {
   test('drains its own node from its own Service, as that pod, and is named in the log and the Event; the token is never logged', async () => {

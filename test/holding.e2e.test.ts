@@ -5,22 +5,21 @@
  * agent's eviction, the Node annotations that say where the drain stands, and the webhook that tells it.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { DrainStatus } from '../agent/drain/status.ts';
-import { drainingTargets, startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
-import { startFakeImds, type FakeImds } from './fakes/imds.ts';
-import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
 import { ModifyLoadBalancerAttributesCommand } from '@aws-sdk/client-elastic-load-balancing';
 import { ModifyTargetGroupAttributesCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
-import { awsClients, REGION, seedWorld, type World } from './fixtures/world.ts';
-import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
-import { freePort, startMoto, type Moto } from './helpers/moto.ts';
+import type { DrainStatus } from '../agent/drain/status.ts';
+import { drainingTargets, type AwsProxy } from './fakes/aws-proxy.ts';
+import type { FakeKube, KubeObject } from './fakes/kube.ts';
+import { awsClients, type World } from './fixtures/world.ts';
+import { eventually, exitWithin, metricSample, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { useCluster } from './helpers/e2e-cluster.ts';
+import { freePort, type Moto } from './helpers/moto.ts';
 
 const SECRET = 'holding-Secret-5e1d7a9c3b20';
 const NODE = 'ip-10-0-1-23.ec2.internal';
@@ -32,27 +31,16 @@ const SOFT_TAINT = { key: 'DeletionCandidateOfClusterAutoscaler', value: '176510
 const CA_TAINT = { key: 'ToBeDeletedByClusterAutoscaler', value: '1765100600', effect: 'NoSchedule' };
 const KARPENTER_TAINT = { key: 'karpenter.sh/disrupted', effect: 'NoSchedule' };
 
+const cluster = useCluster({ node: NODE, pod: { namespace: POD_NS, name: POD } });
 let moto: Moto;
 let proxy: AwsProxy;
 let world: World;
-let imds: FakeImds;
 let kube: FakeKube;
-let kubeconfig: string;
 let tmp: string;
+beforeEach(() => ({ moto, proxy, world, kube, tmp } = cluster));
 
 async function startAgent(extra: Record<string, string> = {}): Promise<AgentProcess> {
-  const agent = spawnAgent(await freePort(), {
-    AWS_ENDPOINT_URL: proxy.url,
-    AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url,
-    SECRET,
-    POLL_INTERVAL: '1',
-    NODE_NAME: NODE,
-    POD_NAME: POD,
-    POD_NAMESPACE: POD_NS,
-    KUBECONFIG: kubeconfig,
-    COORDINATION: 'off',
-    ...extra,
-  });
+  const agent = spawnAgent(await freePort(), cluster.agentEnv({ SECRET, COORDINATION: 'off', ...extra }));
   await waitReady(agent);
   return agent;
 }
@@ -65,33 +53,6 @@ const deregistrations = () => proxy.calls.filter((call) => call.action.startsWit
 const statusBecomes = (agent: AgentProcess, state: DrainStatus['state'], timeoutMs?: number) => drainBecomes(agent, SECRET, world.node.id, state, timeoutMs);
 /** The patches that wrote `key`, with the value written. */
 const writesOf = (key: string) => kube.patches.filter((patch) => key in (patch.body.metadata?.annotations ?? {})).map((patch) => ({ at: patch.at, value: patch.body.metadata.annotations[key] as string | null }));
-
-before(async () => {
-  moto = await startMoto();
-  proxy = await startAwsProxy(moto.url);
-  tmp = mkdtempSync(join(tmpdir(), 'hlv-holding-'));
-});
-after(async () => {
-  await proxy.close();
-  await moto.stop();
-  rmSync(tmp, { recursive: true, force: true });
-});
-beforeEach(async () => {
-  await moto.reset();
-  proxy.clearFaults();
-  world = await seedWorld(moto.url);
-  proxy.calls.length = 0;
-  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, availabilityZone: 'us-east-1a', vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
-  kube = await startFakeKube({ token: 'holding-token' });
-  kube.setNode(makeNode(NODE, { providerID: `aws:///us-east-1a/${world.node.id}` }));
-  kube.setPod(makePod(POD_NS, POD, { nodeName: NODE }));
-  kubeconfig = kube.writeKubeconfig(join(tmp, 'kubeconfig'));
-});
-afterEach(async () => {
-  await killAllAgents();
-  await imds.close();
-  await kube.close();
-});
 
 describe('the Cluster Autoscaler waits for the drain', () => {
   test('its soft taint puts the hold on and drains nothing; its taint drains the node, held from before the first deregistration until out', async () => {

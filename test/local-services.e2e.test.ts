@@ -5,20 +5,16 @@
  * load balancer, same port) when a local pod is ready again, unless the node is going away.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AddTagsCommand as AddClassicTagsCommand } from '@aws-sdk/client-elastic-load-balancing';
-import { AddTagsCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { DrainStatus } from '../agent/drain/status.ts';
-import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
-import { startFakeImds, type FakeImds } from './fakes/imds.ts';
-import { makeEndpointSlice, makeNode, makePod, startFakeKube, type FakeKube } from './fakes/kube.ts';
-import { awsClients, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
-import { eventually, killAllAgents, metricSample, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
-import { freePort, startMoto, type Moto } from './helpers/moto.ts';
+import type { AwsProxy } from './fakes/aws-proxy.ts';
+import type { FakeImds } from './fakes/imds.ts';
+import { makeEndpointSlice, type FakeKube } from './fakes/kube.ts';
+import { registrations, tagService, type World } from './fixtures/world.ts';
+import { eventually, metricSample, spawnAgent, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
+import { useCluster } from './helpers/e2e-cluster.ts';
+import { freePort, type Moto } from './helpers/moto.ts';
 
 const SECRET = 'local-Services-Secret-4711';
 const NODE = 'ip-10-0-1-4.ec2.internal';
@@ -26,13 +22,13 @@ const OTHER_NODE = 'ip-10-0-2-9.ec2.internal';
 const BEARER = { authorization: `Bearer ${SECRET}` };
 const ANNOTATION = 'hasta-la-vista.io/scoped-out';
 
+const cluster = useCluster({ node: NODE, pod: { namespace: 'kube-system', name: 'hasta-la-vista-abcde' }, prepare: ({ moto, world }) => tagService(moto.url, world, 'shop/web') });
 let moto: Moto;
 let proxy: AwsProxy;
 let world: World;
 let imds: FakeImds;
 let kube: FakeKube;
-let kubeconfig: string;
-let tmp: string;
+beforeEach(() => ({ moto, proxy, world, imds, kube } = cluster));
 
 /** The Service's memberships of the node: a classic ELB (in-tree tag) and an ip target group (AWS LBC tag). */
 const serviceMemberships = (w: World) => [`clb:${w.classic.tagged}:${w.node.id}`, `tg:taggedIp:${w.node.secondaryIp}:8080`];
@@ -42,17 +38,7 @@ function endpoints(list: { node: string; pod: string; ready?: boolean; terminati
 }
 
 async function startAgent(): Promise<AgentProcess> {
-  const agent = spawnAgent(await freePort(), {
-    AWS_ENDPOINT_URL: proxy.url,
-    AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url,
-    SECRET,
-    POLL_INTERVAL: '1',
-    NODE_NAME: NODE,
-    POD_NAME: 'hasta-la-vista-abcde',
-    POD_NAMESPACE: 'kube-system',
-    KUBECONFIG: kubeconfig,
-    LOCAL_SERVICE_DRAIN: 'true',
-  });
+  const agent = spawnAgent(await freePort(), cluster.agentEnv({ SECRET, LOCAL_SERVICE_DRAIN: 'true' }));
   await waitReady(agent);
   return agent;
 }
@@ -64,36 +50,6 @@ async function drainService(agent: AgentProcess, service = 'shop/web'): Promise<
 
 const registerCalls = () => proxy.calls.filter((call) => call.action.startsWith('Register'));
 const deregisteredFrom = () => proxy.calls.filter((call) => call.action.startsWith('Deregister')).map((call) => call.params.get('LoadBalancerName') ?? call.params.get('TargetGroupArn')).sort();
-
-before(async () => {
-  moto = await startMoto();
-  proxy = await startAwsProxy(moto.url);
-  tmp = mkdtempSync(join(tmpdir(), 'hlv-local-'));
-});
-after(async () => {
-  await proxy.close();
-  await moto.stop();
-  rmSync(tmp, { recursive: true, force: true });
-});
-beforeEach(async () => {
-  await moto.reset();
-  proxy.clearFaults();
-  world = await seedWorld(moto.url);
-  const aws = awsClients(moto.url);
-  await aws.elb.send(new AddClassicTagsCommand({ LoadBalancerNames: [world.classic.tagged], Tags: [{ Key: 'kubernetes.io/service-name', Value: 'shop/web' }] }));
-  await aws.elbv2.send(new AddTagsCommand({ ResourceArns: [world.groups.taggedIp], Tags: [{ Key: 'service.k8s.aws/stack', Value: 'shop/web' }] }));
-  proxy.calls.length = 0;
-  imds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
-  kube = await startFakeKube({ token: 'local-services-token' });
-  kube.setNode(makeNode(NODE));
-  kube.setPod(makePod('kube-system', 'hasta-la-vista-abcde', { nodeName: NODE }));
-  kubeconfig = kube.writeKubeconfig(join(tmp, 'kubeconfig'));
-});
-afterEach(async () => {
-  await killAllAgents();
-  await imds.close();
-  await kube.close();
-});
 
 describe('scoped drains of this node (LOCAL_SERVICE_DRAIN=true)', () => {
   test('skipped while another local pod of the Service is ready; the last one drains that Service only', async () => {
