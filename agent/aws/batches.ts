@@ -6,6 +6,21 @@ export function chunks<T>(items: readonly T[], size: number): T[][] {
   return result;
 }
 
+/** Runs `work` over `items` with at most `concurrency` at once, the results in the items' order; the first failure fails all. */
+export async function pool<T, R>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+      while (next < items.length) {
+        const index = next++;
+        results[index] = await work(items[index]!, index);
+      }
+    }),
+  );
+  return results;
+}
+
 /**
  * Describes `keys` in one call. When the call fails because one of them is gone (deleted since it was
  * found, and AWS fails the whole batch for it), asks one by one, so the others are still seen.

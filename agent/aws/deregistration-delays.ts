@@ -10,6 +10,7 @@
  * coordinated cluster), never during a drain: a spot wave must not spend its describe budget on
  * settings that change a few times a year. A drain uses what was read last.
  */
+import { pool } from './batches.ts';
 import { sdk, type AwsClients } from './clients.ts';
 import { errorMessage, isPermissionError } from './errors.ts';
 import { whileThrottled, type Inventory } from './inventory.ts';
@@ -61,13 +62,13 @@ export class DeregistrationDelays implements DelaySource {
   async refresh(inventory: Inventory, signal: AbortSignal): Promise<void> {
     if (this.denied) return;
     const groups = [...inventory.groups.values()].filter((group) => group.VpcId === this.vpcId && group.TargetGroupArn);
-    const reads: (() => Promise<[string, DeregistrationDelay | undefined]>)[] = [
-      ...[...inventory.classic.keys()].map((name) => async () => [name, await this.classicDelay(name, signal)] as [string, DeregistrationDelay | undefined]),
-      ...groups.map((group) => async () => [group.TargetGroupArn!, await this.groupDelay(group.TargetGroupArn!, group.TargetGroupName ?? group.TargetGroupArn!, signal)] as [string, DeregistrationDelay | undefined]),
+    const reads = [
+      ...[...inventory.classic.keys()].map((name) => ({ id: name, read: () => this.classicDelay(name, signal) })),
+      ...groups.map((group) => ({ id: group.TargetGroupArn!, read: () => this.groupDelay(group.TargetGroupArn!, group.TargetGroupName ?? group.TargetGroupArn!, signal) })),
     ];
     let results: [string, DeregistrationDelay | undefined][];
     try {
-      results = await inBatches(reads, CONCURRENT_READS);
+      results = await pool(reads, CONCURRENT_READS, async ({ id, read }) => [id, await read()] as [string, DeregistrationDelay | undefined]);
     } catch (error) {
       if (isPermissionError(error)) {
         this.denied = true;
@@ -125,19 +126,4 @@ function fixFor(id: string, delay: DeregistrationDelay): string {
     'set deregistration_delay.timeout_seconds=30 or less: for a Service, the annotation service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: deregistration_delay.timeout_seconds=30; ' +
     'for an Ingress, alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=30; for a TargetGroupBinding or a group of your own, aws elbv2 modify-target-group-attributes'
   );
-}
-
-/** Runs the tasks `width` at a time, in order; the first failure fails all. */
-async function inBatches<T>(tasks: readonly (() => Promise<T>)[], width: number): Promise<T[]> {
-  const results: T[] = new Array(tasks.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(width, tasks.length) }, async () => {
-      while (next < tasks.length) {
-        const index = next++;
-        results[index] = await tasks[index]!();
-      }
-    }),
-  );
-  return results;
 }

@@ -20,6 +20,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { Agent as HttpAgent } from 'node:http';
 import { startAwsProxy, type AwsCall, type AwsProxy } from '../../test/fakes/aws-proxy.ts';
 import { startMoto, type Moto } from '../../test/helpers/moto.ts';
+import { pool } from '../../agent/aws/batches.ts';
 
 export const REGION = 'us-east-1';
 export const CLUSTER = 'bench';
@@ -143,20 +144,6 @@ export function seedClients(endpoint: string) {
 }
 export type SeedClients = ReturnType<typeof seedClients>;
 
-/** Runs `work` over `items` with at most `concurrency` at once. */
-export async function pool<T, R>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-      while (next < items.length) {
-        const index = next++;
-        results[index] = await work(items[index]!, index);
-      }
-    }),
-  );
-  return results;
-}
 
 export interface Node {
   readonly id: string;

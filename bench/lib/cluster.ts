@@ -12,7 +12,8 @@ import { makeNode, makePod, startFakeKube, type FakeKube } from '../../test/fake
 import { freePort } from '../../test/helpers/moto.ts';
 import { waitReady } from '../../test/helpers/agent-harness.ts';
 import { SECRET, spawnAgent, stopAgent, type AgentProcess } from './agent.ts';
-import { pool, REGION, registerNodes, seedClients, seedCluster, startEndpoint, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
+import { REGION, registerNodes, seedClients, seedCluster, startEndpoint, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
+import { pool } from '../../agent/aws/batches.ts';
 
 /** Where every plan runs: one moto behind the rate-limiting endpoint, seeded once for the largest plan. */
 export interface PlanWorld {
