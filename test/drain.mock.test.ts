@@ -852,6 +852,23 @@ describe('throttling', () => {
   });
 });
 
+describe('a drain that starts from known load balancers (a coordinator\'s report, on falling back)', () => {
+  it('deregisters from them at once, while the tagging API stays throttled, and says the discovery did not finish', async () => {
+    const world = new FakeAws();
+    const group = world.addGroup('web', { tags: CLUSTER_TAG });
+    world.fault('tagging:GetResources', always(throttling));
+    const agent = mockedAgent(world);
+    const reported = { family: 'target-group', arn: group.arn, targets: [{ id: NODE.id, port: 30080 }], state: 'draining' as const };
+    const handle = agent.drainer.start(await node(agent), { trigger: 'spot-interruption', scope: ALL, deadline: new Date(Date.now() + 3_000), dryRun: false, startFrom: [reported] });
+    const final = await handle.done;
+
+    assert.equal(lbOf(final, group.arn).state, 'out', 'taken out without discovery');
+    assert.deepEqual(world.group(group.arn).targets.map((target) => target.Id), [NEIGHBOUR.id]);
+    assert.equal(final.state, 'timed_out', 'the rest could not be looked for');
+    assert.match(final.reason ?? '', /could not list/);
+  });
+});
+
 describe('throttling never sends discovery back to the start', () => {
   it('a throttled page of GetResources is asked again by itself: the pages already read are not read again', async () => {
     const world = new FakeAws();

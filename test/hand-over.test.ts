@@ -91,14 +91,16 @@ async function handOver({
   const deadline = new Date(Date.now() + deadlineMs);
   const status = ownStatus(deadline);
   let alone = false;
+  let startedFrom: DrainOptions['startFrom'];
   const run = handOverTo({
     coordinator: { identity: 'hlv-coordinator', endpoint },
     secret: SECRET,
     peer: 'hlv-follower',
     stillCoordinating,
     successor,
-    alone: async (_instance, _options, drained) => {
+    alone: async (_instance, aloneOptions, drained) => {
       alone = true;
+      startedFrom = aloneOptions.startFrom;
       drained.loadBalancers.push(lb('out'));
       drained.state = 'deregistered';
       drained.finishedAt = new Date().toISOString();
@@ -109,7 +111,7 @@ async function handOver({
   const options: DrainOptions = { trigger: 'spot-interruption', scope: ALL, deadline, dryRun: false };
   const started = Date.now();
   await run(INSTANCE, options, status, signal);
-  return { status, alone, ms: Date.now() - started };
+  return { status, alone, startedFrom, ms: Date.now() - started };
 }
 
 describe('handing a drain to the coordinator', () => {
@@ -167,6 +169,16 @@ describe('handing a drain to the coordinator', () => {
       assert.ok(ms < 2_000, `fell back after ${ms} ms, well before the 5 s deadline`);
     });
   }
+
+  it('draining alone starts from what the coordinator had reported: no discovery to wait for first', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.post = () => ({ status: 202, body: remote('draining', [lb('draining')]) });
+    coordinator.get = () => ({ status: 200, body: remote('failed', [lb('failed')], 'AccessDenied on one load balancer') });
+    const { alone, startedFrom, status } = await handOver();
+    assert.equal(alone, true);
+    assert.deepEqual(startedFrom?.map((entry) => [entry.family, entry.arn]), [['target-group', TG]]);
+    assert.deepEqual(status.loadBalancers.map((entry) => entry.state), ['out'], 'the status is what this agent did');
+  });
 
   describe('when the coordinator is gone', () => {
     let next: FakeCoordinator | undefined;

@@ -118,10 +118,11 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
     const drainAlone = async (why: string): Promise<void> => {
       handOver.outcome = 'drained-alone';
       handOver.reason = why;
-      // What the coordinator reported is replaced by what this agent finds itself.
+      // What the coordinator reported is where this agent starts; its status is what it does itself.
+      const reported = status.loadBalancers;
       status.loadBalancers = [];
-      log.warn({ why }, 'the coordinator cannot serve this drain: draining alone');
-      await alone(instance, drainOptions, status, signal);
+      log.warn({ why, startingFrom: reported.length }, 'the coordinator cannot serve this drain: draining alone');
+      await alone(instance, { ...drainOptions, startFrom: reported }, status, signal);
     };
 
     /** The coordinator is gone: hand the drain to its successor if one is elected in time, else drain alone. */

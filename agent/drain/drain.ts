@@ -17,6 +17,12 @@ export interface DrainOptions {
   readonly scope: Scope;
   readonly deadline: Date;
   readonly dryRun: boolean;
+  /**
+   * Load balancers already known to hold the instance (what a coordinator that could not finish had
+   * reported): taken out at once, while discovery still looks for the rest. A spot wave's agents falling
+   * back together then deregister before any of them waits on the throttled tagging API.
+   */
+  readonly startFrom?: readonly LoadBalancerStatus[];
 }
 
 export interface DrainObserver {
@@ -63,8 +69,9 @@ export async function runDrain(
   await Promise.all(
     families.map(async (family) => {
       const takingOut: Promise<void>[] = [];
+      const known = (options.startFrom ?? []).flatMap((lb) => (lb.family === family.name ? [family.fromSummary(lb, instance)].filter((m) => m !== undefined) : []));
       // Each membership is taken out as soon as it is found, while discovery goes on for the rest.
-      await discover(family, instance, options.scope, ctx, shortfall, log, (membership) => {
+      await discover(family, instance, options.scope, ctx, shortfall, log, known, (membership) => {
         const delay = membership.deregistrationDelaySeconds;
         const entry: LoadBalancerStatus = { family: family.name, ...membership.summary, state: 'draining', ...(delay === undefined ? {} : { deregistrationDelaySeconds: delay }) };
         status.loadBalancers.push(entry);
@@ -94,8 +101,9 @@ export async function runDrain(
 }
 
 /**
- * Finds one family's memberships and hands each new one to `found`, asking again (until the deadline)
- * while some load balancers could not be read; what stays unread is kept in `shortfall`.
+ * Hands each of one family's memberships to `found` once: the `known` ones at once, then each new one
+ * discovery finds, asking again (until the deadline) while some load balancers could not be read; what
+ * stays unread is kept in `shortfall`.
  */
 async function discover(
   family: LoadBalancerFamily,
@@ -104,6 +112,7 @@ async function discover(
   ctx: CallContext,
   shortfall: Shortfall,
   log: Logger,
+  known: readonly Membership[],
   found: (membership: Membership) => void,
 ): Promise<void> {
   const seen = new Set<string>();
@@ -115,6 +124,7 @@ async function discover(
     }
     if (fresh.length > 0) log.debug({ family: family.name, found: fresh.map((m) => m.id) }, 'memberships found');
   };
+  take([...known]);
   for (let attempt = 0; ; attempt++) {
     let failure: unknown;
     try {

@@ -19,7 +19,7 @@ export interface TakenOut {
 }
 
 /** A drain status entry's own fields; the rest is the family's summary of the membership. */
-const STATUS_FIELDS = new Set(['family', 'state', 'reason', 'deregisteredAt', 'outAt']);
+const STATUS_FIELDS = new Set(['family', 'state', 'reason', 'deregisteredAt', 'outAt', 'deregistrationDelaySeconds', 'expectedOutAt']);
 
 /** The memberships the drain really deregistered (not those it only found). */
 export function takenOutBy(status: DrainStatus): TakenOut[] {
