@@ -19,7 +19,7 @@ import { ALL, type LoadBalancerFamily, type Scope } from './drain/family.ts';
 import type { Instance } from './drain/instance.ts';
 import { backoff } from './drain/retry.ts';
 import { Coordination } from './coordinator/coordination.ts';
-import { HAND_OVER_TIMING, handOverTo, stillKeptOutBy } from './coordinator/hand-over.ts';
+import { HAND_OVER_TIMING, handOverTo, releaseBy, stillKeptOutBy } from './coordinator/hand-over.ts';
 import { PeerRecheck } from './coordinator/peer-recheck.ts';
 import type { DrainStatus, Trigger } from './drain/status.ts';
 import { ExitCode } from './exit-codes.ts';
@@ -405,6 +405,9 @@ class Agent implements AgentApi {
       drain.cancel(`the node was given back (${why})`);
       await drain.done;
     }
+    // A coordinator that served the drain keeps the node out until told: it must let go before the node goes back in.
+    const served = drain?.status().handOver;
+    if (served?.outcome === 'served') await this.releaseFrom(served.coordinator, this.running!.self.instanceId);
     if (!staying()) return;
     await this.marks?.givenBack();
     clearInterval(this.recheck);
@@ -610,6 +613,14 @@ class Agent implements AgentApi {
   }
 
   /** True while the coordinator that served this node's drain still coordinates and still knows that drain. */
+  private async releaseFrom(servedBy: string, instanceId: string): Promise<void> {
+    const current = this.running?.coordination?.coordinator();
+    // Another coordinator since, or none: the one that served it no longer coordinates, nor keeps peers out.
+    if (current?.identity !== servedBy) return;
+    const released = await releaseBy(current, instanceId, { secret: this.secret.current(), peer: this.config.podName!, answerMs: HAND_OVER_TIMING.answerMs });
+    if (!released) this.logger.warn({ coordinator: servedBy }, 'could not tell the coordinator that this node was given back: its keep-out re-check may take it out again within an hour');
+  }
+
   private async keptOutBy(servedBy: string, instance: Instance): Promise<boolean> {
     const current = this.running?.coordination?.coordinator();
     if (current?.identity !== servedBy) return false;
@@ -637,6 +648,17 @@ class Agent implements AgentApi {
 
   statusOf(instanceId: string): DrainStatus | undefined {
     return this.running?.drainer.statusOf(instanceId);
+  }
+
+  async cancelDrain(instanceId: string, by: string): Promise<DrainStatus | undefined> {
+    const running = this.running;
+    if (!running) throw new NotReadyError(this.notReadyBecause);
+    if (instanceId === running.self.instanceId) {
+      throw new RefusedRequestError(`${instanceId} is this agent's own node, whose drain follows the signs of its going away and ends when they pass: cancel drains of other instances only`);
+    }
+    running.peerRecheck.remove(instanceId);
+    this.logger.info({ instanceId, by }, 'drain canceled');
+    return running.drainer.cancel(instanceId, `canceled by ${by}`);
   }
 
   // ---- shutdown

@@ -15,7 +15,7 @@ import { AddTagsCommand } from '@aws-sdk/client-elastic-load-balancing';
 import { RegisterTargetsCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { DrainStatus } from '../agent/drain/status.ts';
 import { drainingTargets, startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
-import { startFakeImds, type FakeImds } from './fakes/imds.ts';
+import { imdsDate, startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube, type KubeObject } from './fakes/kube.ts';
 import { awsClients, CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, exitWithin, killAllAgents, metricSample, spawnAgent, statusBecomes as drainBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
@@ -76,11 +76,6 @@ const eventsOf = (reason: string) => kube.events.filter((event) => event.reason 
 const nodeNow = () => kube.node(NODE)!;
 const nullPatches = () => kube.patches.filter((patch) => JSON.stringify(patch.body).includes('null'));
 
-/** IMDS's maintenance date format: `21 Jan 2019 09:00:43 GMT`. */
-function imdsDate(ms: number): string {
-  const [, day, month, year, time] = new Date(ms).toUTCString().split(' ');
-  return `${day} ${month} ${year} ${time} GMT`;
-}
 
 async function startAgent(extra: Record<string, string> = {}): Promise<AgentProcess> {
   const agent = await spawnWith(extra);
@@ -188,11 +183,11 @@ describe('IMDS notices drain the node', () => {
           MAINTENANCE,
           JSON.stringify([
             // Not acted on: canceled, and far in the future.
-            { NotBefore: imdsDate(Date.now() + 60_000), Code: 'system-reboot', Description: 'canceled', EventId: 'instance-event-0aaaaaaaaaaaaaaaa', State: 'canceled' },
-            { NotBefore: imdsDate(Date.now() + 86_400_000), Code: 'instance-stop', Description: 'later', EventId: 'instance-event-0bbbbbbbbbbbbbbbb', State: 'active' },
+            { NotBefore: imdsDate(new Date(Date.now() + 60_000)), Code: 'system-reboot', Description: 'canceled', EventId: 'instance-event-0aaaaaaaaaaaaaaaa', State: 'canceled' },
+            { NotBefore: imdsDate(new Date(Date.now() + 86_400_000)), Code: 'instance-stop', Description: 'later', EventId: 'instance-event-0bbbbbbbbbbbbbbbb', State: 'active' },
             {
-              NotBefore: imdsDate(Date.now() + 300_000),
-              NotAfter: imdsDate(Date.now() + 7_200_000),
+              NotBefore: imdsDate(new Date(Date.now() + 300_000)),
+              NotAfter: imdsDate(new Date(Date.now() + 7_200_000)),
               Code: 'system-reboot',
               Description: 'scheduled reboot',
               EventId: 'instance-event-0d59937288b749b32',
@@ -396,7 +391,7 @@ describe('the Node, watched while the agent runs', () => {
 });
 
 describe('passing signs give the node back while the agent runs', () => {
-  const maintenance = { NotBefore: imdsDate(Date.now() + 300_000), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0eeeeeeeeeeeeeeee', State: 'active' };
+  const maintenance = { NotBefore: imdsDate(new Date(Date.now() + 300_000)), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0eeeeeeeeeeeeeeee', State: 'active' };
   const untainted = () => ({ ...nodeNow(), spec: { ...nodeNow().spec, taints: [] } });
   const roundTrips: { name: string; trigger: string; raise: () => void; pass: () => void }[] = [
     {
@@ -775,7 +770,7 @@ describe('heal on start', () => {
   });
 
   test('a drain for a maintenance event that passed while the agent was away: registered again where it was, label removed', async () => {
-    const event = { NotBefore: imdsDate(Date.now() + 60_000), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0ccccccccccccccccc', State: 'active' };
+    const event = { NotBefore: imdsDate(new Date(Date.now() + 60_000)), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0ccccccccccccccccc', State: 'active' };
     imds.set(MAINTENANCE, JSON.stringify([event]));
     const first = await startAgent();
     await statusBecomes(first, world.node.id, 'deregistered');

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { RegisterTargetsCommand } from '@aws-sdk/client-elastic-load-balancing-v2';
 import type { DrainStatus } from '../agent/drain/status.ts';
 import { startAwsProxy, type AwsProxy } from './fakes/aws-proxy.ts';
-import { startFakeImds, type FakeImds } from './fakes/imds.ts';
+import { imdsDate, startFakeImds, type FakeImds } from './fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube } from './fakes/kube.ts';
 import { awsClients, CLUSTER, REGION, registrations, seedWorld, type World } from './fixtures/world.ts';
 import { eventually, killAllAgents, spawnAgent, statusBecomes, waitReady, type AgentProcess } from './helpers/agent-harness.ts';
@@ -24,6 +24,8 @@ const SECRET = 'coordination-Secret-4b1d9e';
 const NAMESPACE = 'kube-system';
 const LEASE = 'hasta-la-vista-coordinator';
 const SPOT = 'meta-data/spot/instance-action';
+const MAINTENANCE = 'meta-data/events/maintenance/scheduled';
+
 
 /** One agent's world: its instance, node, pod, IMDS and proxy. */
 interface Member {
@@ -170,6 +172,23 @@ describe('a coordinator drains the dying nodes of the cluster', () => {
     // Two more intervals: the follower never checked itself.
     await sleep(10_000);
     assert.deepEqual(second.proxy.calls.map((call) => call.action), [], 'the follower called AWS');
+  });
+
+  test('a served node given back (the maintenance event canceled): the coordinator lets go of it, and it stays registered again', async () => {
+    await startBoth({ RECHECK_INTERVAL: '5' });
+    const maintenance = { NotBefore: imdsDate(new Date(Date.now() + 300_000)), Code: 'system-reboot', Description: 'scheduled reboot', EventId: 'instance-event-0ddddddddddddddd', State: 'active' };
+    second.imds.set(MAINTENANCE, JSON.stringify([maintenance]));
+    const served = await statusOf(second.agent!, second.instanceId, 'deregistered');
+    assert.equal(served.handOver?.outcome, 'served');
+    await assertLeftExactly(selfInScope(world));
+
+    second.imds.set(MAINTENANCE, JSON.stringify([{ ...maintenance, State: 'canceled' }]));
+    await eventually(async () => (await registrations(moto.url, world)).size === initial.size, 15_000, 'registered back');
+    assert.ok(first.agent!.logs().some((line) => line.msg === 'drain canceled' && line.instanceId === second.instanceId && line.by === `peer ${second.pod}`), 'the coordinator was told');
+    // Two of the coordinator's re-check intervals: it does not take the node out again.
+    await sleep(11_000);
+    await assertLeftExactly([]);
+    assert.equal(first.agent!.logs().filter((line) => line.msg === 'a served peer was registered again: taking it out again').length, 0);
   });
 
   test('a coordinator killed in the middle of a drain, and no other agent to take over: the follower waits for a successor, then drains alone well inside its deadline', async () => {

@@ -10,6 +10,7 @@ import { afterEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { handOverTo, stillKeptOutBy, type HandOverOptions, type HandOverTiming } from '../agent/coordinator/hand-over.ts';
 import type { DrainOptions } from '../agent/drain/drain.ts';
+import { DrainCanceled } from '../agent/drain/drainer.ts';
 import { ALL } from '../agent/drain/family.ts';
 import type { Instance } from '../agent/drain/instance.ts';
 import type { DrainStatus, LoadBalancerStatus } from '../agent/drain/status.ts';
@@ -27,6 +28,8 @@ class FakeCoordinator {
   readonly requests: { method: string; url: string; authorization?: string; peer?: string; body: string }[] = [];
   post: () => Answer = () => ({ status: 202, body: remote('draining', []) });
   get: () => Answer = () => ({ status: 200, body: remote('deregistered', [lb('out')]) });
+  /** The follower's node given back: the coordinator ends its drain and answers the final status. */
+  del: () => Answer = () => ({ status: 200, body: remote('failed', [lb('draining')], 'interrupted: canceled by peer hlv-follower') });
   private readonly server: Server = createServer((req, res) => void this.answer(req, res));
 
   async listen(): Promise<string> {
@@ -43,7 +46,7 @@ class FakeCoordinator {
     let body = '';
     for await (const chunk of req) body += String(chunk);
     this.requests.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization, peer: req.headers['hasta-la-vista-peer'] as string | undefined, body });
-    const answer = req.method === 'POST' ? this.post() : this.get();
+    const answer = req.method === 'POST' ? this.post() : req.method === 'DELETE' ? this.del() : this.get();
     if (answer === 'hang') return;
     if (answer === 'reset') return void req.socket.resetAndDestroy();
     res.writeHead(answer.status, { 'content-type': 'application/json' });
@@ -169,6 +172,19 @@ describe('handing a drain to the coordinator', () => {
       assert.ok(ms < 2_000, `fell back after ${ms} ms, well before the 5 s deadline`);
     });
   }
+
+  it('canceled (the node given back) while the coordinator drains: the coordinator is told to stop, and its final status is what was taken out', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.get = () => ({ status: 200, body: remote('draining', [lb('draining')]) });
+    const canceled = new AbortController();
+    setTimeout(() => canceled.abort(new DrainCanceled('the node was given back (the maintenance event was canceled)')), 200);
+    const { status, alone } = await handOver({ signal: canceled.signal });
+    assert.equal(alone, false, 'given back: nothing to drain alone');
+    assert.deepEqual(coordinator.requests.filter((request) => request.method === 'DELETE').map((request) => request.url), [`/drain/${INSTANCE.id}`]);
+    assert.equal(status.state, 'failed');
+    assert.match(status.reason ?? '', /interrupted: the node was given back .*; the coordinator stopped its drain/);
+    assert.ok(status.loadBalancers[0]?.deregisteredAt, 'what the coordinator deregistered, for the give-back to register again');
+  });
 
   it('draining alone starts from what the coordinator had reported: no discovery to wait for first', async () => {
     coordinator = new FakeCoordinator();

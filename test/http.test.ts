@@ -11,7 +11,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { TooManyDrainsError, type DrainHandle } from '../agent/drain/drainer.ts';
 import { InstanceNotFoundError } from '../agent/drain/instance.ts';
 import type { DrainState, DrainStatus } from '../agent/drain/status.ts';
-import { createApiServer, NotReadyError, type AgentApi, type DrainRequest } from '../agent/http/server.ts';
+import { createApiServer, NotReadyError, RefusedRequestError, type AgentApi, type DrainRequest } from '../agent/http/server.ts';
 import { GuessLimiter } from '../agent/http/guess-limiter.ts';
 import { fixedSecret } from '../agent/http/api-secret.ts';
 import { PodTokens } from '../agent/http/pod-tokens.ts';
@@ -71,6 +71,7 @@ const normalAgent: AgentApi = {
     return drainHandle(drainStatus('draining'));
   },
   statusOf: () => undefined,
+  cancelDrain: async () => undefined,
 };
 let agent: AgentApi = normalAgent;
 const drainRequests: DrainRequest[] = [];
@@ -85,7 +86,7 @@ function apiServer(logger: Logger): Server {
     metrics: new Metrics(),
     logger,
     guessLimiter: new GuessLimiter(10, 6_000, 10_000, () => clock),
-    agent: { alive: () => agent.alive(), readiness: () => agent.readiness(), drain: (request, signal) => agent.drain(request, signal), statusOf: (id) => agent.statusOf(id) },
+    agent: { alive: () => agent.alive(), readiness: () => agent.readiness(), drain: (request, signal) => agent.drain(request, signal), statusOf: (id) => agent.statusOf(id), cancelDrain: (id, by) => agent.cancelDrain(id, by) },
   });
 }
 
@@ -130,7 +131,7 @@ type BodyShape = 'status' | 'error' | 'health' | 'metrics' | 'none';
 
 interface Answer {
   /** As the README's table names it; `any` is for answers every route may give. */
-  readonly route: 'POST /drain' | 'GET /drain/<instance-id>' | 'GET /healthz' | 'GET /readyz' | 'GET /metrics' | 'any';
+  readonly route: 'POST /drain' | 'GET /drain/<instance-id>' | 'DELETE /drain/<instance-id>' | 'GET /healthz' | 'GET /readyz' | 'GET /metrics' | 'any';
   readonly status: number;
   readonly when: string;
   readonly body: BodyShape;
@@ -210,7 +211,10 @@ const ANSWERS: readonly Answer[] = [
   { route: 'GET /drain/<instance-id>', status: 401, when: 'the secret is missing or wrong', body: 'error', headers: { 'www-authenticate': /^Bearer$/ }, send: () => send('GET', `/drain/${ID}`, { secret: false }) },
   { route: 'GET /drain/<instance-id>', status: 403, when: 'a pod token', body: 'error', send: () => send('GET', `/drain/${ID}`, asPod(POD_TOKEN.valid)) },
   { route: 'GET /drain/<instance-id>', status: 404, when: 'no drain of it is known to this agent', body: 'error', send: () => send('GET', `/drain/${ID}`) },
-  { route: 'GET /drain/<instance-id>', status: 405, when: 'any method but GET and HEAD', body: 'error', headers: { allow: /^GET, HEAD$/ }, send: () => send('POST', `/drain/${ID}`) },
+  { route: 'GET /drain/<instance-id>', status: 405, when: 'any method but GET, HEAD and DELETE', body: 'error', headers: { allow: /^GET, HEAD, DELETE$/ }, send: () => send('POST', `/drain/${ID}`) },
+  { route: 'DELETE /drain/<instance-id>', status: 200, when: 'the drain of another instance ended (its node given back), with its final status', body: 'status', agent: { cancelDrain: async () => drainStatus('failed') }, send: () => send('DELETE', `/drain/${ID}`) },
+  { route: 'DELETE /drain/<instance-id>', status: 404, when: 'no drain of it is known to this agent', body: 'error', send: () => send('DELETE', `/drain/${ID}`) },
+  { route: 'DELETE /drain/<instance-id>', status: 400, when: "this agent's own node (its drain follows the signs)", body: 'error', agent: { cancelDrain: async () => { throw new RefusedRequestError('this agent\'s own node: cancel drains of other instances only'); } }, send: () => send('DELETE', `/drain/${ID}`) },
   { route: 'GET /drain/<instance-id>', status: 429, when: 'ten failed secrets from this address', body: 'error', headers: RETRY_AFTER, send: () => lockedOut('GET', `/drain/${ID}`) },
 
   { route: 'GET /healthz', status: 200, when: 'the IMDS watcher ticks', body: 'health', send: () => send('GET', '/healthz', { secret: false }) },

@@ -14,7 +14,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorCode, errorMessage } from '../aws/errors.ts';
 import type { DrainObserver } from '../drain/drain.ts';
-import type { DrainRunner } from '../drain/drainer.ts';
+import { DrainCanceled, type DrainRunner } from '../drain/drainer.ts';
 import { isFinished, type DrainStatus, type HandOverStatus } from '../drain/status.ts';
 import { readText, send } from '../http/request.ts';
 import { PEER_HEADER } from '../http/server.ts';
@@ -75,7 +75,7 @@ export interface Asker {
 }
 
 /** One request to the coordinator's drain API; a drain status, or a CoordinatorError saying what came instead. */
-async function askCoordinator(coordinator: Coordinator, { secret, peer, answerMs }: Asker, method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> {
+async function askCoordinator(coordinator: Coordinator, { secret, peer, answerMs }: Asker, method: 'GET' | 'POST' | 'DELETE', path: string, payload?: unknown): Promise<DrainStatus> {
   const signal = AbortSignal.timeout(answerMs);
   const answer = await send({
     method,
@@ -87,6 +87,15 @@ async function askCoordinator(coordinator: Coordinator, { secret, peer, answerMs
   const body = parseJson(await readText(answer.body, signal)) as (DrainStatus & { error?: string }) | undefined;
   if ((answer.status === 200 || answer.status === 202) && body?.instanceId) return body;
   throw new CoordinatorError(`answered ${answer.status}${body?.error ? `: ${body.error}` : ''}`);
+}
+
+/**
+ * Tells `coordinator` that this instance was given back: it ends the drain it serves, if it still runs,
+ * and stops keeping the instance out (its re-check would otherwise take it out again). Resolves with the
+ * drain's final status there; undefined when it could not be told, or knew no such drain.
+ */
+export async function releaseBy(coordinator: Coordinator, instanceId: string, asker: Asker): Promise<DrainStatus | undefined> {
+  return askCoordinator(coordinator, asker, 'DELETE', `/drain/${instanceId}`).catch(() => undefined);
 }
 
 /**
@@ -105,7 +114,7 @@ export async function stillKeptOutBy(coordinator: Coordinator, instanceId: strin
 
 export function handOverTo(options: HandOverOptions): DrainRunner {
   const { coordinator, secret, peer, stillCoordinating, alone, observer, timing = HAND_OVER_TIMING } = options;
-  const ask = (method: 'GET' | 'POST', path: string, payload?: unknown): Promise<DrainStatus> =>
+  const ask = (method: 'GET' | 'POST' | 'DELETE', path: string, payload?: unknown): Promise<DrainStatus> =>
     askCoordinator(coordinator, { secret, peer, answerMs: timing.answerMs }, method, path, payload);
 
   return async (instance, drainOptions, status, signal) => {
@@ -175,6 +184,12 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
         if (timeLeftMs() > timing.answerMs && !signal.aborted) return drainAlone(why);
         handOver.reason = why;
         return finish(remote.state, remote.reason, remote);
+      }
+      if (signal.aborted && signal.reason instanceof DrainCanceled) {
+        // The node was given back: the coordinator must stop, and stop keeping it out, before what it
+        // took out is registered again from its final status.
+        const final = await releaseBy(coordinator, instance.id, { secret, peer, answerMs: timing.answerMs });
+        return finish('failed', `interrupted: ${signal.reason.message}${final ? '; the coordinator stopped its drain' : '; the coordinator could not be told to stop'}`, final ?? remote);
       }
       if (signal.aborted) {
         const reason = signal.reason as Error | undefined;

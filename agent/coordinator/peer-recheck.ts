@@ -45,6 +45,11 @@ export class PeerRecheck {
     this.timer ??= setInterval(() => void this.runPass(), this.options.intervalMs).unref();
   }
 
+  /** A peer given back: it is no longer kept out. */
+  remove(instanceId: string): void {
+    this.peers.delete(instanceId);
+  }
+
   /** This agent no longer coordinates: the followers check themselves again. */
   stop(): void {
     clearInterval(this.timer);

@@ -38,6 +38,11 @@ export class TooManyDrainsError extends Error {
   }
 }
 
+/** Why a drain's signal aborts when it was canceled (the node given back): not the deadline, not the agent stopping. */
+export class DrainCanceled extends Error {
+  override name = 'DrainCanceled';
+}
+
 export interface DrainerOptions {
   readonly lookup: InstanceLookup;
   readonly families: readonly LoadBalancerFamily[];
@@ -111,7 +116,7 @@ export class Drainer {
         status.deadline = at.toISOString();
         status.triggers = [...new Set([status.trigger, ...triggers])];
       },
-      cancel: (why) => canceled.abort(new DOMException(why, 'AbortError')),
+      cancel: (why) => canceled.abort(new DrainCanceled(why)),
     };
     this.inFlight.set(key, handle);
     this.remember(instance.id, handle);
@@ -151,6 +156,13 @@ export class Drainer {
   /** The latest drain of an instance, running or finished. */
   statusOf(instanceId: string): DrainStatus | undefined {
     return this.latest.get(instanceId)?.status();
+  }
+
+  /** Ends the latest drain of an instance if it still runs; resolves with its final status (undefined: none known). */
+  async cancel(instanceId: string, why: string): Promise<DrainStatus | undefined> {
+    const handle = this.latest.get(instanceId);
+    handle?.cancel(why);
+    return handle?.done;
   }
 
   running(): number {

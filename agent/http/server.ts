@@ -51,6 +51,12 @@ export interface AgentApi {
   /** Starts (or joins) a drain; throws InstanceNotFoundError, TooManyDrainsError, NotReadyError or RefusedRequestError. */
   drain(request: DrainRequest, signal: AbortSignal): Promise<DrainHandle>;
   statusOf(instanceId: string): DrainStatus | undefined;
+  /**
+   * Ends the latest drain of another instance (its own node was given back, so its agent takes back the
+   * drain it handed over) and stops keeping it out; resolves with the final status, undefined when no
+   * drain of it is known. Throws RefusedRequestError for this node's own drain, or NotReadyError.
+   */
+  cancelDrain(instanceId: string, by: string): Promise<DrainStatus | undefined>;
 }
 
 export class NotReadyError extends Error {
@@ -100,7 +106,7 @@ interface Route {
 const HEALTH = { methods: ['GET', 'HEAD'], parameters: [], authenticated: false } as const;
 const ROUTES: readonly Route[] = [
   { name: 'drain', path: '/drain', methods: ['POST'], parameters: ['id', 'ip', 'service', 'pod', 'wait', 'timeout', 'asg', 'pw'], authenticated: true },
-  { name: 'drain-status', path: '/drain/<instance-id>', methods: ['GET', 'HEAD'], parameters: ['pw'], authenticated: true },
+  { name: 'drain-status', path: '/drain/<instance-id>', methods: ['GET', 'HEAD', 'DELETE'], parameters: ['pw'], authenticated: true },
   { name: 'healthz', path: '/healthz', ...HEALTH },
   { name: 'readyz', path: '/readyz', ...HEALTH },
   { name: 'metrics', path: '/metrics', ...HEALTH },
@@ -238,6 +244,7 @@ async function handle(
       return void res.end(await options.metrics.registry.metrics());
     case 'drain-status':
       // An instance id needs no decoding: taken as sent, anything else is simply not an id.
+      if (req.method === 'DELETE') return cancelRoute(req, res, url.pathname.slice(STATUS_PREFIX.length), options.agent);
       return statusRoute(res, url.pathname.slice(STATUS_PREFIX.length), options.agent);
     case 'drain':
       return drainRoute(req, res, url.searchParams, body, caller, options);
@@ -337,9 +344,29 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
 }
 
 function statusRoute(res: ServerResponse, instanceId: string, agent: AgentApi): void {
-  if (!INSTANCE_ID.test(instanceId)) throw new HttpError(400, `${JSON.stringify(instanceId)} is not an instance id: expected i- and 8 or 17 hex digits`);
+  checkInstanceId(instanceId);
   const status = agent.statusOf(instanceId);
   if (!status) throw new HttpError(404, `no drain of ${instanceId} is known to this agent, which knows the drains it ran since it started: POST /drain?id=${instanceId} starts one`);
+  sendJson(res, 200, status);
+}
+
+function checkInstanceId(instanceId: string): void {
+  if (!INSTANCE_ID.test(instanceId)) throw new HttpError(400, `${JSON.stringify(instanceId)} is not an instance id: expected i- and 8 or 17 hex digits`);
+}
+
+/** DELETE /drain/<id>: the drain ended (its status once settled), and the instance no longer kept out. */
+async function cancelRoute(req: IncomingMessage, res: ServerResponse, instanceId: string, agent: AgentApi): Promise<void> {
+  checkInstanceId(instanceId);
+  const peer = req.headers[PEER_HEADER];
+  let status: DrainStatus | undefined;
+  try {
+    status = await agent.cancelDrain(instanceId, typeof peer === 'string' ? `peer ${peer.slice(0, 253)}` : 'the API');
+  } catch (error) {
+    if (error instanceof RefusedRequestError) throw new HttpError(400, error.message);
+    if (error instanceof NotReadyError) throw new HttpError(503, `${error.message}; try again in ${RETRY_AFTER_SECONDS} s`, { 'retry-after': String(RETRY_AFTER_SECONDS) });
+    throw error;
+  }
+  if (!status) throw new HttpError(404, `no drain of ${instanceId} is known to this agent: there is nothing to cancel`);
   sendJson(res, 200, status);
 }
 
