@@ -8,7 +8,9 @@
  *
  * Read with the kept inventory, when it is refreshed in the background (by the coordinator alone, in a
  * coordinated cluster), never during a drain: a spot wave must not spend its describe budget on
- * settings that change a few times a year. A drain uses what was read last.
+ * settings that change a few times a year. A load balancer's delay is read when it first appears and
+ * again every REREAD_MS: agents that keep an inventory each (no coordinator) would otherwise double
+ * their idle describe calls. A drain uses what was read last.
  */
 import { pool } from './batches.ts';
 import { sdk, type AwsClients } from './clients.ts';
@@ -28,6 +30,8 @@ export interface DeregistrationDelay {
 export const LONGEST_SPOT_SAFE_DELAY_SECONDS = 100;
 /** Settings read at once: a few, so that a large cluster's refresh is no burst against the describe budget. */
 const CONCURRENT_READS = 4;
+/** How long a delay read is trusted: a changed one is seen (and warned about) within this time. */
+export const REREAD_MS = 6 * 3600_000;
 
 export interface DelayListener {
   /** Every delay read, to publish (the gauge). */
@@ -42,8 +46,8 @@ export interface DelaySource {
 }
 
 export class DeregistrationDelays implements DelaySource {
-  /** By classic ELB name or target group ARN, as memberships are identified. */
-  private delays = new Map<string, DeregistrationDelay>();
+  /** By classic ELB name or target group ARN, as memberships are identified; with when each was read. */
+  private delays = new Map<string, DeregistrationDelay & { readonly readAt: number }>();
   private denied = false;
 
   constructor(
@@ -51,6 +55,7 @@ export class DeregistrationDelays implements DelaySource {
     private readonly vpcId: string,
     private readonly logger: Logger,
     private readonly listener: DelayListener = {},
+    private readonly now: () => number = Date.now,
   ) {}
 
   /** The delay of a classic ELB (by name) or target group (by ARN), if it has been read. */
@@ -58,14 +63,20 @@ export class DeregistrationDelays implements DelaySource {
     return this.delays.get(id);
   }
 
-  /** Reads the delays of the inventory's load balancers; on failure, keeps what it had. */
+  /**
+   * Reads the delays of the inventory's load balancers that are new or read longest ago; forgets those it
+   * no longer holds. On failure, keeps what it had.
+   */
   async refresh(inventory: Inventory, signal: AbortSignal): Promise<void> {
     if (this.denied) return;
+    const now = this.now();
+    const stale = (id: string) => (this.delays.get(id)?.readAt ?? -Infinity) <= now - REREAD_MS;
     const groups = [...inventory.groups.values()].filter((group) => group.VpcId === this.vpcId && group.TargetGroupArn);
-    const reads = [
+    const all = [
       ...[...inventory.classic.keys()].map((name) => ({ id: name, read: () => this.classicDelay(name, signal) })),
       ...groups.map((group) => ({ id: group.TargetGroupArn!, read: () => this.groupDelay(group.TargetGroupArn!, group.TargetGroupName ?? group.TargetGroupArn!, signal) })),
     ];
+    const reads = all.filter(({ id }) => stale(id));
     let results: [string, DeregistrationDelay | undefined][];
     try {
       results = await pool(reads, CONCURRENT_READS, async ({ id, read }) => [id, await read()] as [string, DeregistrationDelay | undefined]);
@@ -81,14 +92,18 @@ export class DeregistrationDelays implements DelaySource {
       this.logger.warn({ err: error }, `could not read the deregistration delays (${errorMessage(error)}); keeping the ones read before`);
       return;
     }
-    const next = new Map<string, DeregistrationDelay>();
-    for (const [id, delay] of results) if (delay) next.set(id, delay);
-    for (const [id, delay] of next) {
+    const next = new Map([...this.delays].filter(([id]) => all.some((lb) => lb.id === id)));
+    for (const [id, delay] of results) {
+      if (!delay) {
+        next.delete(id);
+        continue;
+      }
       const before = this.delays.get(id);
       if (delay.seconds > LONGEST_SPOT_SAFE_DELAY_SECONDS && before?.seconds !== delay.seconds) this.listener.tooLong?.(delay, fixFor(id, delay));
+      next.set(id, { ...delay, readAt: now });
     }
     this.delays = next;
-    this.listener.read?.([...next.values()]);
+    this.listener.read?.([...next.values()].map(({ name, seconds, connectionTermination }) => ({ name, seconds, ...(connectionTermination === undefined ? {} : { connectionTermination }) })));
   }
 
   private async groupDelay(arn: string, name: string, signal: AbortSignal): Promise<DeregistrationDelay | undefined> {
