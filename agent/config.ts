@@ -146,7 +146,7 @@ export const VPC_ID = /^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MIN_SECRET_LENGTH = 16;
 /** What the chart's projected token volume asks for, and the agent expects unless told otherwise. */
-export const DEFAULT_TOKEN_AUDIENCE = 'hasta-la-vista';
+const DEFAULT_TOKEN_AUDIENCE = 'hasta-la-vista';
 // What Auto Scaling allows in a lifecycle hook's name.
 const HOOK = /^[A-Za-z0-9_/-]{1,255}$/;
 /** EKS managed node groups' own termination hook: EKS holds the instance with it while it evicts the pods. */
@@ -177,25 +177,31 @@ function adminSecret(read: EnvReader, file: string | undefined): string | undefi
     if (problem !== undefined) read.problems.push(value === undefined ? `${problem} (the Helm chart generates one), or set SECRET_FILE to a file that holds it` : problem);
     return value;
   }
-  let value: string;
-  try {
-    value = readSecretFile(file);
-  } catch (error) {
-    read.problems.push(`SECRET_FILE=${JSON.stringify(file)} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)}): mount the Secret there, or correct the path`);
+  const found = readSecretFile(file);
+  if ('problem' in found) {
+    read.problems.push(found.unreadable ? `${found.problem}: mount the Secret there, or correct the path` : found.problem);
     return undefined;
   }
-  const problem = secretProblem(value, `the secret in SECRET_FILE=${JSON.stringify(file)}`);
-  if (problem !== undefined) read.problems.push(problem);
-  return value;
+  return found.value;
 }
 
-/** The secret a file holds: its text without the surrounding whitespace (a trailing newline, say). */
-export function readSecretFile(path: string): string {
-  return readFileSync(path, 'utf8').trim();
+/**
+ * The secret a file holds (its text without the surrounding whitespace, a trailing newline say), or what
+ * is wrong with it; read at start-up here, and again by the agent whenever the file may have changed.
+ */
+export function readSecretFile(path: string): { readonly value: string } | { readonly problem: string; readonly unreadable: boolean } {
+  let value: string;
+  try {
+    value = readFileSync(path, 'utf8').trim();
+  } catch (error) {
+    return { problem: `SECRET_FILE=${JSON.stringify(path)} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`, unreadable: true };
+  }
+  const problem = secretProblem(value, `the secret in SECRET_FILE=${JSON.stringify(path)}`);
+  return problem === undefined ? { value } : { problem, unreadable: false };
 }
 
 /** What is wrong with an admin secret, if anything; the value itself is never part of the message. */
-export function secretProblem(value: string | undefined, what: string): string | undefined {
+function secretProblem(value: string | undefined, what: string): string | undefined {
   if (value === undefined || value === '') return `${what} is not set: the /drain API needs a shared secret`;
   const length = characters(value);
   if (length < MIN_SECRET_LENGTH) return `${what} is ${length} characters long: use at least ${MIN_SECRET_LENGTH} random characters`;

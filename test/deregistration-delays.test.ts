@@ -19,14 +19,17 @@ function inventory(groups: string[], classic: string[] = []): Inventory {
   return { classic: new Map(classic.map((name) => [name, { arn: `arn:classic/${name}`, tags: {} }])), loadBalancers: new Map(), targetGroups: new Map(), groups: described };
 }
 
-function setUp(seconds: Record<string, number>) {
+function setUp(seconds: Record<string, number | undefined>) {
   const config = { region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } };
   const elb = new ElasticLoadBalancingClient(config);
   const elbv2 = new ElasticLoadBalancingV2Client(config);
   const v2 = mockClient(elbv2);
-  v2.on(DescribeTargetGroupAttributesCommand).callsFake((input: { TargetGroupArn: string }) => ({
-    Attributes: [{ Key: 'deregistration_delay.timeout_seconds', Value: String(seconds[input.TargetGroupArn.split('/')[1]!]) }],
-  }));
+  v2.on(DescribeTargetGroupAttributesCommand).callsFake((input: { TargetGroupArn: string }) => {
+    const value = seconds[input.TargetGroupArn.split('/')[1]!];
+    // Deleted since the inventory found it, as ELBv2 says so.
+    if (value === undefined) throw Object.assign(new Error('One or more target groups not found'), { name: 'TargetGroupNotFoundException', Code: 'TargetGroupNotFound' });
+    return { Attributes: [{ Key: 'deregistration_delay.timeout_seconds', Value: String(value) }] };
+  });
   const classic = mockClient(elb);
   classic.on(DescribeLoadBalancerAttributesCommand).resolves({ LoadBalancerAttributes: { ConnectionDraining: { Enabled: true, Timeout: 20 } } });
   let now = 0;
@@ -56,6 +59,13 @@ describe('DeregistrationDelays', () => {
     await delays.refresh(inventory(['web', 'api', 'new'], ['clb-web']), AbortSignal.timeout(5_000));
     assert.equal(reads(), 8, 'all of them, once their reading is old');
     assert.deepEqual(warned.map((delay) => `${delay.name} ${delay.seconds}`), ['web 300', 'web 600'], 'warned again when it changed');
+  });
+
+  it('a target group deleted since the inventory found it has no delay; the others are read all the same', async () => {
+    const { delays, published } = setUp({ web: 30 });
+    await delays.refresh(inventory(['web', 'gone']), AbortSignal.timeout(5_000));
+    assert.equal(delays.of(arn('gone')), undefined);
+    assert.deepEqual(published(), [{ name: 'web', seconds: 30 }]);
   });
 
   it('forgets the load balancers the inventory no longer holds, and publishes what it holds', async () => {

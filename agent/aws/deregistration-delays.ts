@@ -14,8 +14,8 @@
  */
 import { pool } from './batches.ts';
 import { sdk, type AwsClients } from './clients.ts';
-import { errorMessage, isPermissionError } from './errors.ts';
-import { whileThrottled, type Inventory } from './inventory.ts';
+import { errorCode, errorMessage, isPermissionError } from './errors.ts';
+import { LOAD_BALANCER_GONE, TARGET_GROUP_GONE, whileThrottled, type Inventory } from './inventory.ts';
 import type { Logger } from '../log.ts';
 
 export interface DeregistrationDelay {
@@ -92,7 +92,8 @@ export class DeregistrationDelays implements DelaySource {
       this.logger.warn({ err: error }, `could not read the deregistration delays (${errorMessage(error)}); keeping the ones read before`);
       return;
     }
-    const next = new Map([...this.delays].filter(([id]) => all.some((lb) => lb.id === id)));
+    const held = new Set(all.map(({ id }) => id));
+    const next = new Map([...this.delays].filter(([id]) => held.has(id)));
     for (const [id, delay] of results) {
       if (!delay) {
         next.delete(id);
@@ -108,7 +109,7 @@ export class DeregistrationDelays implements DelaySource {
 
   private async groupDelay(arn: string, name: string, signal: AbortSignal): Promise<DeregistrationDelay | undefined> {
     const [elbv2, { DescribeTargetGroupAttributesCommand }] = await Promise.all([this.clients.elbv2(), sdk.elbv2()]);
-    const answer = await whileThrottled(() => elbv2.send(new DescribeTargetGroupAttributesCommand({ TargetGroupArn: arn }), { abortSignal: signal }), signal).catch(goneIsUndefined);
+    const answer = await whileThrottled(() => elbv2.send(new DescribeTargetGroupAttributesCommand({ TargetGroupArn: arn }), { abortSignal: signal }), signal).catch(goneIsUndefined(TARGET_GROUP_GONE));
     if (!answer) return undefined;
     const value = (key: string) => answer.Attributes?.find((attribute) => attribute.Key === key)?.Value;
     const seconds = Number(value('deregistration_delay.timeout_seconds') ?? 300);
@@ -118,18 +119,22 @@ export class DeregistrationDelays implements DelaySource {
 
   private async classicDelay(name: string, signal: AbortSignal): Promise<DeregistrationDelay | undefined> {
     const [elb, { DescribeLoadBalancerAttributesCommand }] = await Promise.all([this.clients.elb(), sdk.elb()]);
-    const answer = await whileThrottled(() => elb.send(new DescribeLoadBalancerAttributesCommand({ LoadBalancerName: name }), { abortSignal: signal }), signal).catch(goneIsUndefined);
+    const answer = await whileThrottled(() => elb.send(new DescribeLoadBalancerAttributesCommand({ LoadBalancerName: name }), { abortSignal: signal }), signal).catch(goneIsUndefined(CLASSIC_GONE));
     if (!answer) return undefined;
     const draining = answer.LoadBalancerAttributes?.ConnectionDraining;
     return { name, seconds: draining?.Enabled ? (draining.Timeout ?? 300) : 0 };
   }
 }
 
+/** The classic API names a missing load balancer by its code or by the SDK's exception. */
+const CLASSIC_GONE = new Set([...LOAD_BALANCER_GONE, 'AccessPointNotFoundException']);
+
 /** A load balancer deleted since the inventory found it has no delay to report. */
-function goneIsUndefined(error: unknown): undefined {
-  const code = (error as { name?: string }).name ?? '';
-  if (/NotFound/.test(code)) return undefined;
-  throw error;
+function goneIsUndefined(gone: ReadonlySet<string>): (error: unknown) => undefined {
+  return (error) => {
+    if (gone.has(errorCode(error) ?? '')) return undefined;
+    throw error;
+  };
 }
 
 /** The setting that shortens the delay, where the load balancer comes from. */

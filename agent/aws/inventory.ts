@@ -262,8 +262,8 @@ const RESOURCE = /^arn:[^:]+:elasticloadbalancing:[^:]*:[^:]*:(loadbalancer|targ
 type Tagged = Omit<Inventory, 'groups'>;
 
 const ARNS_PER_CALL = 20;
-const LOAD_BALANCER_GONE = new Set(['LoadBalancerNotFound', 'LoadBalancerNotFoundException']);
-const TARGET_GROUP_GONE = new Set(['TargetGroupNotFound', 'TargetGroupNotFoundException']);
+export const LOAD_BALANCER_GONE = new Set(['LoadBalancerNotFound', 'LoadBalancerNotFoundException']);
+export const TARGET_GROUP_GONE = new Set(['TargetGroupNotFound', 'TargetGroupNotFoundException']);
 
 function classify(found: ReadonlyMap<string, Tags>): Tagged {
   const classic = new Map<string, TaggedResource>();

@@ -8,3 +8,17 @@ export function backoff(attempt: number, signal: AbortSignal, baseMs = 250, capM
   const ceiling = Math.min(capMs, baseMs * 2 ** attempt);
   return sleep(Math.round(ceiling / 2 + Math.random() * (ceiling / 2)), undefined, { signal });
 }
+
+/** `work`'s result, or undefined once `timeoutMs` passed first (never, without a timeout); `work` itself goes on. */
+export async function withinTimeout<T>(work: Promise<T>, timeoutMs: number | undefined): Promise<T | undefined> {
+  if (timeoutMs === undefined) return work;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), timeoutMs);
+  });
+  try {
+    return await Promise.race([work, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -11,7 +11,7 @@
  * within about a minute, and a caller who read the Secret just before the change still holds the old one.
  */
 import type { Logger } from '../log.ts';
-import { readSecretFile, secretProblem } from '../config.ts';
+import { readSecretFile } from '../config.ts';
 import { secretMatches } from './auth.ts';
 
 export interface ApiSecret {
@@ -68,14 +68,9 @@ export class SecretFile implements ApiSecret {
     const now = this.now();
     if (!force && now - this.readAt < REREAD_AFTER_MS) return;
     this.readAt = now;
-    let next: string;
-    try {
-      next = readSecretFile(this.path);
-    } catch (error) {
-      return this.report(`SECRET_FILE ${this.path} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
-    }
-    const problem = secretProblem(next, `the secret in SECRET_FILE ${this.path}`);
-    if (problem !== undefined) return this.report(problem);
+    const found = readSecretFile(this.path);
+    if ('problem' in found) return this.report(found.problem);
+    const next = found.value;
     if (this.problem !== undefined) this.logger.info({ path: this.path }, 'SECRET_FILE is readable again');
     this.problem = undefined;
     if (next === this.value) return;

@@ -12,6 +12,7 @@ import type { Scope } from '../drain/family.ts';
 import { InstanceNotFoundError, type Instance, type InstanceRef } from '../drain/instance.ts';
 import { ipFamily, isCidr } from '../drain/addresses.ts';
 import { VPC_ID } from '../config.ts';
+import { withinTimeout } from '../drain/retry.ts';
 import { isFinished, type DrainStatus } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
@@ -396,19 +397,6 @@ async function drainRoute(req: IncomingMessage, res: ServerResponse, query: URLS
   const status = await withinTimeout(handle.done, request.timeoutMs);
   const latest = status ?? handle.status();
   sendJson(res, status ? httpStatusOf(status) : 504, latest, { location });
-}
-
-async function withinTimeout<T>(work: Promise<T>, timeoutMs: number | undefined): Promise<T | undefined> {
-  if (timeoutMs === undefined) return work;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timedOut = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), timeoutMs);
-  });
-  try {
-    return await Promise.race([work, timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function httpStatusOf(status: DrainStatus): number {

@@ -21,6 +21,7 @@
  * the annotations, one at a time in the order decided; a failure is logged and never stops a drain.
  */
 import type { DrainStatus } from '../drain/status.ts';
+import { withinTimeout } from '../drain/retry.ts';
 import { isFinished } from '../drain/status.ts';
 import type { Logger } from '../log.ts';
 import type { KubeClient, KubeNode } from './client.ts';
@@ -67,9 +68,7 @@ export class NodeDrainMarks {
 
   /** Resolves once the writes asked for so far are done, or after `capMs`: a hold goes on before the drain, which waits no longer than that. */
   async written(capMs: number): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.writes, new Promise<void>((resolve) => (timer = setTimeout(resolve, capMs)))]);
-    clearTimeout(timer);
+    await withinTimeout(this.writes, capMs);
   }
 
   /** A drain of the whole node started or ended. */
