@@ -29,6 +29,30 @@ const httpByRequire = {
   },
 };
 
+/**
+ * The AWS SDK describes every shape of a service in one module (`schemas/schemas_0.js`), as arrays whose
+ * member traits have computed keys (`{ [_xN]: "Min" }`, `_xN` a string constant of that module). A
+ * computed key could run code, so the bundler keeps every shape, used or not: the EC2 chunk carried all
+ * of EC2's shapes (558 KiB, about 1 MiB of heap once loaded). Written as the literal each constant holds
+ * (`{ ["xmlName"]: "Min" }`, the same object), the keys are plainly pure, and only the shapes the agent's
+ * few commands reach are bundled.
+ */
+const sdkSchemasPure = {
+  name: 'sdk-schemas-pure',
+  setup(build) {
+    build.onLoad({ filter: /[\\/]@aws-sdk[\\/]client-[^\\/]+[\\/]dist-es[\\/]schemas[\\/]schemas_0\.js$/ }, async (args) => {
+      const source = await readFile(args.path, 'utf8');
+      const strings = new Map();
+      for (const [, name, value] of source.matchAll(/^const ([A-Za-z_$][\w$]*) = ("[^"\\\n]*");$/gm)) strings.set(name, value);
+      const contents = source.replace(/\{\s*\[([A-Za-z_$][\w$]*)\]:|,\s*\[([A-Za-z_$][\w$]*)\]:/g, (key, first, next) => {
+        const value = strings.get(first ?? next);
+        return value === undefined ? key : key.replace(/\[[^\]]+\]/, `[${value}]`);
+      });
+      return { contents, loader: 'js' };
+    });
+  },
+};
+
 const { metafile } = await build({
   entryPoints: { main: 'agent/main.ts' },
   outdir,
@@ -54,7 +78,7 @@ const { metafile } = await build({
   },
   logLevel: 'warning',
   metafile: true,
-  plugins: [httpByRequire],
+  plugins: [httpByRequire, sdkSchemasPure],
 });
 
 // Chunk names carry a content hash, so an older build's chunks are never loaded, but they would ship in

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -215,6 +215,19 @@ describe('Dockerfile: the build stage, replayed', () => {
     const help = node(app, '--help');
     assert.equal(help.status, 0, help.stderr);
     assert.match(help.stdout + help.stderr, /drain/);
+  });
+
+  it('bundles only the AWS SDK shapes of the commands the agent sends (each loaded chunk is parsed and kept by every agent)', () => {
+    const chunks = join(src, 'dist', 'chunks');
+    const ec2 = readdirSync(chunks).find((name) => name.startsWith('ec2-sdk-') && name.endsWith('.js'));
+    assert.ok(ec2, 'no EC2 chunk in dist/chunks');
+    const code = readFileSync(join(chunks, ec2), 'utf8');
+    // Shapes of what the agent sends are there; those of commands it never sends are not.
+    assert.match(code, /"DescribeInstancesRequest"/);
+    assert.match(code, /"DescribeNetworkInterfacesResult"/);
+    for (const unused of ['AcceptAddressTransferRequest', 'RunInstancesRequest', 'CreateVpcResult']) {
+      assert.doesNotMatch(code, new RegExp(`"${unused}"`), `the EC2 chunk carries the shape ${unused}`);
+    }
   });
 
   it('also starts as a bare copy of dist/ without a package.json (module syntax detection)', () => {
