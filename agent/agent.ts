@@ -78,8 +78,12 @@ interface Running {
   readonly peerRecheck: PeerRecheck;
 }
 
-export async function runAgent(config: Config, logger: Logger, version: string): Promise<ExitCode> {
-  return new Agent(config, logger, version).run();
+/**
+ * `env`: where Kubernetes access is looked up (the service account, KUBECONFIG); the process's own
+ * environment, except for a benchmark that hosts several agents in one process.
+ */
+export async function runAgent(config: Config, logger: Logger, version: string, env: NodeJS.ProcessEnv = process.env): Promise<ExitCode> {
+  return new Agent(config, logger, version, env).run();
 }
 
 class Agent implements AgentApi {
@@ -117,9 +121,10 @@ class Agent implements AgentApi {
     private readonly config: Config,
     private readonly logger: Logger,
     private readonly version: string,
+    env: NodeJS.ProcessEnv,
   ) {
     this.imds = imdsFor(config, logger);
-    const access = config.nodeName ? loadKubeAccess() : undefined;
+    const access = config.nodeName ? loadKubeAccess(env) : undefined;
     if (config.nodeName && !access) logger.warn('NODE_NAME is set but no Kubernetes access was found (no service account, no KUBECONFIG): no label, no events');
     this.kube = access ? createKubeClient(access, { logger: logger.child({ component: 'kube' }) }) : undefined;
     this.keeper =

@@ -74,6 +74,8 @@ export interface Config {
   readonly webhook: { readonly url: URL; readonly headersFile: string | undefined } | undefined;
   /** IMDSv1 fallback is allowed unless the SDK's own switch forbids it. */
   readonly imdsV1Fallback: boolean;
+  /** AWS_EC2_METADATA_SERVICE_ENDPOINT, as the AWS SDK reads it; absent: IMDS at 169.254.169.254. */
+  readonly imdsEndpoint: string | undefined;
 }
 
 export type Mode = 'agent' | 'oneshot';
@@ -297,6 +299,7 @@ export function loadConfig(env: Env, mode: Mode): Config {
     hostIp: read.matching('HOST_IP', { test: (text: string) => ipFamily(text) !== undefined }, 'an IPv4 or IPv6 address (the chart sets it from the downward API, status.hostIP)'),
     // As the AWS SDK reads it: any value but "false" disables IMDSv1.
     imdsV1Fallback: (read.raw('AWS_EC2_METADATA_V1_DISABLED') ?? 'false') === 'false',
+    imdsEndpoint: read.raw('AWS_EC2_METADATA_SERVICE_ENDPOINT'),
   };
 
   if ((config.podName === undefined) !== (config.podNamespace === undefined)) {

@@ -17,7 +17,7 @@ export interface Resolved {
 }
 
 export function imdsFor(config: Config, logger: Logger): ImdsClient {
-  return createImdsClient({ v1Fallback: config.imdsV1Fallback, logger: logger.child({ component: 'imds' }) });
+  return createImdsClient({ endpoint: config.imdsEndpoint, v1Fallback: config.imdsV1Fallback, logger: logger.child({ component: 'imds' }) });
 }
 
 /** What IMDS is asked for: this instance's identity (the agent, `drain --self`), or only what the configuration leaves out. */

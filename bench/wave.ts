@@ -7,7 +7,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { events, isDrainEnd, procSample, spotNotice, type LogEvent } from './lib/agent.ts';
+import { events, isDrainEnd, rssShareMiB, spotNotice, type LogEvent } from './lib/agent.ts';
 import { launchCluster, MAX_STANDBYS, runPlans, type PlanWorld } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { max, median, mmm, num, seconds, sum, table } from './lib/stats.ts';
@@ -26,6 +26,15 @@ const LARGER_TAGGING: LimiterSpec = { ...AWS_LIKE_LIMITS, tagging: { burst: 40, 
 const NOTICE_MS = 120_000;
 /** An agent's RSS in a wave of 100: 68 MiB at the median, 83 at most (node 20); memory for one agent process each. */
 const AGENT_MIB = 75;
+/**
+ * Waves beyond about 150 nodes do not fit this machine's 2 cores with one process per node: the agents
+ * waking at the notice starve the coordinator, whose answers then come after the followers' 2 s and the
+ * whole wave falls back to draining alone (measured at 268). Those rows run the dying nodes' agents this
+ * many to a process (bench/lib/agent-host.ts: the same agent code, one configuration each).
+ */
+const HOSTED = 10;
+/** A hosted agent's share of its process's memory, generously (measured: the RSS column). */
+const HOSTED_AGENT_MIB = 30;
 
 /**
  * `alone`: no Kubernetes, every agent drains its own node (as before the coordinator). `coordinated`:
@@ -46,12 +55,16 @@ interface Plan {
   readonly nodes: number;
   readonly mode: Mode;
   readonly limits: LimiterSpec;
+  /** The dying nodes' agents, this many to a process; 1: a process each, as in a cluster. */
+  readonly agentsPerProcess?: number;
 }
 
 interface Wave {
   readonly nodes: number;
   readonly mode?: Mode;
   readonly limits?: LimiterSpec;
+  /** Absent in older results: a process each. */
+  readonly agentsPerProcess?: number;
   readonly noticeSpreadMs: number;
   /** Per node, from its notice to its final drain line, ms. */
   readonly outMs: number[];
@@ -74,16 +87,20 @@ interface Wave {
 export async function waveBench(options: BenchOptions): Promise<Section[]> {
   const plans: Plan[] = options.smoke
     ? // One wave; WAVE_SMOKE_NODES and WAVE_SMOKE_MODE measure a single row of the table on its own.
-      [{ nodes: Number(process.env.WAVE_SMOKE_NODES ?? 4), mode: waveMode(process.env.WAVE_SMOKE_MODE ?? 'coordinated'), limits: AWS_LIKE_LIMITS }]
+      [{ nodes: Number(process.env.WAVE_SMOKE_NODES ?? 4), mode: waveMode(process.env.WAVE_SMOKE_MODE ?? 'coordinated'), limits: AWS_LIKE_LIMITS, agentsPerProcess: Number(process.env.WAVE_SMOKE_HOSTED ?? 2) }]
     : [
         { nodes: 50, mode: 'alone', limits: AWS_LIKE_LIMITS },
         { nodes: 100, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
         { nodes: 100, mode: 'coordinated', limits: LARGER_TAGGING },
         { nodes: 100, mode: 'coordinator killed', limits: AWS_LIKE_LIMITS },
         { nodes: 300, mode: 'coordinated', limits: AWS_LIKE_LIMITS },
+        { nodes: 100, mode: 'coordinated', limits: AWS_LIKE_LIMITS, agentsPerProcess: HOSTED },
+        { nodes: 300, mode: 'coordinated', limits: AWS_LIKE_LIMITS, agentsPerProcess: HOSTED },
+        { nodes: 300, mode: 'coordinated', limits: LARGER_TAGGING, agentsPerProcess: HOSTED },
+        { nodes: 300, mode: 'coordinator killed', limits: AWS_LIKE_LIMITS, agentsPerProcess: HOSTED },
       ];
   const { results: waves, skipped } = await runPlans(
-    plans.map((plan) => ({ ...plan, label: plan.mode })),
+    plans.map((plan) => ({ ...plan, label: plan.mode, ...((plan.agentsPerProcess ?? 1) > 1 ? { mibPerAgent: HOSTED_AGENT_MIB } : {}) })),
     AGENT_MIB,
     (line) => options.log(`wave: ${line}`),
     (world, plan) => runWave(world, plan, options),
@@ -93,12 +110,13 @@ export async function waveBench(options: BenchOptions): Promise<Section[]> {
 
 async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, options: BenchOptions): Promise<Wave> {
   const size = plan.nodes;
-  const label = `wave of ${size} (${plan.mode}${plan.limits === AWS_LIKE_LIMITS ? '' : ', tagging 40 +10/s'})`;
+  const agentsPerProcess = plan.agentsPerProcess ?? 1;
+  const label = `wave of ${size} (${plan.mode}${plan.limits === AWS_LIKE_LIMITS ? '' : ', tagging 40 +10/s'}${agentsPerProcess > 1 ? `, ${agentsPerProcess} agents per process` : ''})`;
   const killed = plan.mode === 'coordinator killed';
-  const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.mode !== 'alone', standbys: killed ? MAX_STANDBYS : 0 });
+  const running = await launchCluster(endpoint, aws, cluster, { size, coordinated: plan.mode !== 'alone', standbys: killed ? MAX_STANDBYS : 0, agentsPerProcess });
   const { nodes: dying, imdses, startAllMs } = running;
   try {
-    const idleRssMiB = dying.map((a) => procSample(a.child.pid!).rssKiB / 1024);
+    const idleRssMiB = dying.map(rssShareMiB);
     options.log(`${label}: all agents ready in ${seconds(startAllMs)}, idle RSS ${num(median(idleRssMiB))} MiB each (sum ${num(sum(idleRssMiB))} MiB)`);
     await sleep(3_000); // let the buckets be full and every agent be in its steady poll
 
@@ -125,7 +143,7 @@ async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, option
         options.log(`  coordinator killed ${seconds(Date.now() - t0)} after the notices, as its first deregistration went out`);
       }
       for (const [i, agent] of dying.entries()) {
-        if (agent.alive()) peak[i] = Math.max(peak[i]!, procSample(agent.child.pid!).rssKiB / 1024);
+        if (agent.alive()) peak[i] = Math.max(peak[i]!, rssShareMiB(agent));
         if (ends[i] || !agent.stderr().includes('"msg":"drain ', offsets[i])) continue;
         ends[i] = events(agent, offsets[i]).find(isDrainEnd);
       }
@@ -149,6 +167,7 @@ async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, option
       nodes: size,
       mode: plan.mode,
       limits: plan.limits,
+      ...(agentsPerProcess > 1 ? { agentsPerProcess } : {}),
       noticeSpreadMs,
       outMs,
       lastDeregisterCallMs: max(calls.filter((c) => c.action.startsWith('Deregister') && !c.throttled).map((c) => c.at - t0)),
@@ -183,7 +202,8 @@ function section(waves: Wave[], skipped: string[]): Section {
   // The nodes that missed end at their deadline, after every node that got out: the first ones are those out.
   const outOf = (w: Wave) => [...w.outMs].filter(Number.isFinite).sort((a, b) => a - b).slice(0, w.nodes - w.missedOwnDeadline);
   const everyOut = (w: Wave) => (w.missedOwnDeadline === 0 ? seconds(max(w.outMs)) : `**not all: ${w.nodes - w.missedOwnDeadline} of ${w.nodes} out by the deadline**`);
-  const modeOf = (w: Wave) => `${w.mode ?? 'alone'}${w.limits && w.limits.tagging.refillPerSecond !== AWS_LIKE_LIMITS.tagging.refillPerSecond ? `, tagging ${w.limits.tagging.burst} +${w.limits.tagging.refillPerSecond}/s` : ''}`;
+  const modeOf = (w: Wave) =>
+    `${w.mode ?? 'alone'}${w.limits && w.limits.tagging.refillPerSecond !== AWS_LIKE_LIMITS.tagging.refillPerSecond ? `, tagging ${w.limits.tagging.burst} +${w.limits.tagging.refillPerSecond}/s` : ''}${(w.agentsPerProcess ?? 1) > 1 ? `, ${w.agentsPerProcess} agents per process` : ''}`;
   const handOvers = (w: Wave) => (w.handOvers ? Object.entries(w.handOvers).map(([outcome, n]) => `${n} ${outcome}`).join(', ') : 'all alone');
   const rows = waves.map((w) => [
     String(w.nodes),
@@ -211,7 +231,7 @@ function section(waves: Wave[], skipped: string[]): Section {
   const worst = ranked.at(-1);
   const headline = best && worst ? [`Spot waves against AWS-like rate limits: best ${describe(best)}${worst !== best ? `; worst ${describe(worst)}` : ''}`] : [];
   const body = [
-    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with two more agents on nodes that stay (candidates to take over) and the coordinator SIGKILLed the moment its first deregistration is accepted. All agents share this machine's ${availableParallelism()} cores (in a cluster each has its own node's), so with a coordinator the dying nodes' agents run at nice 10: otherwise a hundred of them waking at the notice starve the coordinator for seconds. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
+    `Every dying node's fake IMDS starts serving a two-minute spot notice within ${mmm(waves.map((w) => w.noticeSpreadMs), (n) => `${Math.round(n)} ms`)} of each other; each agent's deadline is the notice's time less DEADLINE_MARGIN (15 s), so 105 s. Modes: *alone*, no Kubernetes, so every agent drains its own node (as before the coordinator); *coordinated*, one more agent, on a node that is not going away, holds the Lease in a fake Kubernetes API all agents share, and the dying nodes hand their drains to it; *coordinator killed*, the same with two more agents on nodes that stay (candidates to take over) and the coordinator SIGKILLed the moment its first deregistration is accepted. All agents share this machine's ${availableParallelism()} cores (in a cluster each has its own node's), so with a coordinator the dying nodes' agents run at nice 10: otherwise a hundred of them waking at the notice starve the coordinator for seconds. Rows marked *N agents per process* run the dying nodes' agents N to a process (\`bench/lib/agent-host.ts\`: the agent's own \`runAgent\`, each with its own configuration, IMDS, port, Kubernetes identity and logger), because beyond about 150 nodes a process each starves the coordinator on this machine however low their priority; the coordinator and the standbys always run the built agent in a process of their own. Their RSS column is each process's RSS shared among its agents. Rate limiter in front of moto (token buckets per API, a throttled call takes no token, answered \`400 Throttling: Rate exceeded\`): ELB and ELBv2 describe calls burst ${AWS_LIKE_LIMITS.describe.burst}, ${AWS_LIKE_LIMITS.describe.refillPerSecond}/s refill (ELB's documented non-mutating bucket); register/deregister ${AWS_LIKE_LIMITS.mutate.burst} +${AWS_LIKE_LIMITS.mutate.refillPerSecond}/s (assumed); tag:GetResources ${AWS_LIKE_LIMITS.tagging.burst} +${AWS_LIKE_LIMITS.tagging.refillPerSecond}/s (assumed; AWS does not document it, hence a row with twice that); EC2 DescribeInstances ${AWS_LIKE_LIMITS.ec2Describe.burst} +${AWS_LIKE_LIMITS.ec2Describe.refillPerSecond}/s (EC2's documented non-mutating bucket). Per-node times are the distribution over the wave's dying nodes (median, min–max), from each agent's final \`drain …\` line; one wave per row, not repeated.`,
     '',
     table(
       ['nodes', 'mode', 'every node out', 'per node: notice → out', 'last Deregister call accepted', 'AWS calls', 'throttled', 'calls per node', 'nodes not out by their deadline (105 s), so still registered when the instance dies at 120 s', 'drains', 'RSS per agent MiB: idle / peak (median), sum of peaks'],

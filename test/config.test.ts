@@ -72,6 +72,7 @@ describe('loadConfig: defaults', () => {
     ['maxConcurrentDrains', 16],
     ['terminationGracePeriodMs', 30_000],
     ['imdsV1Fallback', true],
+    ['imdsEndpoint', undefined],
   ];
   for (const [key, expected] of defaults) {
     it(`${key} defaults to ${String(expected)}`, () => {
@@ -193,6 +194,10 @@ describe('loadConfig: booleans', () => {
       for (const value of falsy) assert.equal(load({ [name]: value })[key], false, `${name}=${value}`);
     });
   }
+
+  it('AWS_EC2_METADATA_SERVICE_ENDPOINT says where IMDS is, as the AWS SDK reads it', () => {
+    assert.equal(load({ AWS_EC2_METADATA_SERVICE_ENDPOINT: 'http://127.0.0.1:1338' }).imdsEndpoint, 'http://127.0.0.1:1338');
+  });
 
   it('AWS_EC2_METADATA_V1_DISABLED=true turns the IMDSv1 fallback off, false or unset leaves it on', () => {
     assert.equal(load({}).imdsV1Fallback, true);

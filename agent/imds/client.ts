@@ -11,7 +11,7 @@ export interface ImdsClient {
 }
 
 export interface ImdsClientOptions {
-  /** Defaults to `AWS_EC2_METADATA_SERVICE_ENDPOINT`, then `http://169.254.169.254`. */
+  /** Defaults to `http://169.254.169.254`. */
   endpoint?: string;
   /** Allow IMDSv1 (no token) when the token request is refused or never answered. */
   v1Fallback: boolean;
@@ -128,7 +128,7 @@ class HttpImdsClient implements ImdsClient {
   private v1: { failure: TokenFailure; retries: number; nextTokenAt: number } | undefined;
 
   constructor(opts: ImdsClientOptions) {
-    this.base = opts.endpoint ?? process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? 'http://169.254.169.254';
+    this.base = opts.endpoint ?? 'http://169.254.169.254';
     this.v1Fallback = opts.v1Fallback;
     this.timeoutMs = opts.timeoutMs ?? 3000;
     this.retries = opts.retries ?? 2;

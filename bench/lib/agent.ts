@@ -1,10 +1,53 @@
 /** Running the built agent (dist/main.js) for the benchmarks, and reading its logs and /proc. */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawnAgent, type AgentProcess } from '../../test/helpers/agent-harness.ts';
+import { fileURLToPath } from 'node:url';
+import { agentIn, spawnAgent, type AgentProcess } from '../../test/helpers/agent-harness.ts';
+import { cleanEnv } from '../../test/helpers/run.ts';
 
 export { spawnAgent, type AgentProcess };
+
+const HOST = fileURLToPath(new URL('./agent-host.ts', import.meta.url));
+/** How many agents share each hosted agent's process (1 for an agent of its own). */
+const sharing = new WeakMap<AgentProcess, number>();
+
+/**
+ * Several agents in one process (bench/lib/agent-host.ts: the same runAgent, each with its own
+ * configuration and logger), `envs[i]` laid over the common test environment for agent i, which
+ * listens on its own PORT. What every agent has alike is the process's own environment, which the AWS
+ * SDK reads (AWS_ENDPOINT_URL). Each returned agent's stderr holds its own log lines only (and whatever
+ * the process itself printed); its `child` is the shared process.
+ */
+export function spawnHostedAgents(envs: readonly Record<string, string>[]): AgentProcess[] {
+  const shared = Object.fromEntries(Object.entries(envs[0] ?? {}).filter(([key, value]) => envs.every((env) => env[key] === value)));
+  const own = envs.map((env) => Object.fromEntries(Object.entries(env).filter(([key]) => !(key in shared))));
+  const child = spawn(process.execPath, ['--import', 'tsx', HOST], { env: cleanEnv({ ...shared, HOSTED_AGENTS: JSON.stringify(own) }), stdio: ['ignore', 'pipe', 'pipe'] });
+  const stderr = envs.map(() => '');
+  let stdout = '';
+  let partial = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) {
+      const tab = line.indexOf('\t');
+      const index = tab > 0 ? Number(line.slice(0, tab)) : NaN;
+      if (Number.isInteger(index) && stderr[index] !== undefined) stderr[index] += `${line.slice(tab + 1)}\n`;
+      else for (const i of stderr.keys()) stderr[i] += `${line}\n`;
+    }
+  });
+  return envs.map((env, i) => {
+    const agent = agentIn(child, Number(env.PORT), { stdout: () => stdout, stderr: () => stderr[i]! });
+    sharing.set(agent, envs.length);
+    return agent;
+  });
+}
+
+/** An agent's share of its process's resident memory, MiB: all of it for an agent of its own. */
+export function rssShareMiB(agent: AgentProcess): number {
+  return procSample(agent.child.pid!).rssKiB / 1024 / (sharing.get(agent) ?? 1);
+}
 
 export const SECRET = 'bench-secret-0123456789abcdef';
 

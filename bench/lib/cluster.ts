@@ -11,7 +11,7 @@ import { startFakeImds, type FakeImds } from '../../test/fakes/imds.ts';
 import { makeNode, makePod, startFakeKube, type FakeKube } from '../../test/fakes/kube.ts';
 import { freePort } from '../../test/helpers/moto.ts';
 import { waitReady } from '../../test/helpers/agent-harness.ts';
-import { SECRET, spawnAgent, stopAgent, type AgentProcess } from './agent.ts';
+import { SECRET, spawnAgent, spawnHostedAgents, stopAgent, type AgentProcess } from './agent.ts';
 import { REGION, registerNodes, seedClients, seedCluster, startEndpoint, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
 import { pool } from '../../agent/aws/batches.ts';
 
@@ -27,7 +27,7 @@ export interface PlanWorld {
  * `agentMiB` per agent (keeping 1.5 GiB for moto, the fakes and the benchmark): `skipped` says which
  * plans were measured smaller, and why.
  */
-export async function runPlans<P extends { readonly nodes: number; readonly label: string }, R>(
+export async function runPlans<P extends { readonly nodes: number; readonly label: string; readonly mibPerAgent?: number }, R>(
   plans: readonly P[],
   agentMiB: number,
   log: (line: string) => void,
@@ -41,9 +41,10 @@ export async function runPlans<P extends { readonly nodes: number; readonly labe
     // More nodes than the largest plan: the coordinator's and the standbys'.
     const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1 + MAX_STANDBYS);
     for (const plan of plans) {
-      const size = Math.min(plan.nodes, Math.floor((freemem() - 1.5 * 2 ** 30) / (agentMiB * 2 ** 20)) - 1);
+      const perAgent = plan.mibPerAgent ?? agentMiB;
+      const size = Math.min(plan.nodes, Math.floor((freemem() - 1.5 * 2 ** 30) / (perAgent * 2 ** 20)) - 1);
       if (size < plan.nodes) {
-        skipped.push(`${plan.nodes} nodes (${plan.label}) would need about ${plan.nodes * agentMiB} MiB for one agent process each, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
+        skipped.push(`${plan.nodes} nodes (${plan.label}) would need about ${plan.nodes * perAgent} MiB at ${perAgent} MiB an agent, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
         log(skipped.at(-1)!);
       }
       if (size >= 1) results.push(await run({ endpoint, aws, cluster }, { ...plan, nodes: size }));
@@ -82,7 +83,20 @@ export async function launchCluster(
   endpoint: Endpoint,
   aws: SeedClients,
   cluster: Cluster,
-  { size, coordinated, standbys = 0, env = {} }: { size: number; coordinated: boolean; standbys?: number; env?: Record<string, string> },
+  {
+    size,
+    coordinated,
+    standbys = 0,
+    env = {},
+    agentsPerProcess = 1,
+  }: {
+    size: number;
+    coordinated: boolean;
+    standbys?: number;
+    env?: Record<string, string>;
+    /** The dying nodes' agents, this many to a process (bench/lib/agent-host.ts); the coordinator and standbys each run alone. */
+    agentsPerProcess?: number;
+  },
 ): Promise<RunningCluster> {
   if (standbys > MAX_STANDBYS || (standbys > 0 && !coordinated)) throw new Error(`launchCluster: ${standbys} standbys (at most ${MAX_STANDBYS}, and only coordinated)`);
   const nodes = cluster.nodes.slice(0, size + (coordinated ? 1 + standbys : 0));
@@ -97,15 +111,16 @@ export async function launchCluster(
   const imdses = await Promise.all(nodes.map((node) => startFakeImds({ instanceId: node.id, region: REGION, vpcId: cluster.vpcId, privateIp: node.ip })));
   const ports = await Promise.all(nodes.map(() => freePort()));
   const all: AgentProcess[] = [];
-  const spawn = (i: number) =>
-    (all[i] = spawnAgent(ports[i]!, {
-      AWS_ENDPOINT_URL: endpoint.proxy.url,
-      AWS_EC2_METADATA_SERVICE_ENDPOINT: imdses[i]!.url,
-      SECRET,
-      LOGLEVEL: 'info',
-      ...(kube ? { KUBECONFIG: kubeconfig!, NODE_NAME: names[i]!.node, POD_NAME: names[i]!.pod, POD_NAMESPACE: NAMESPACE, HOST_IP: '127.0.0.1' } : {}),
-      ...env,
-    }));
+  const envOf = (i: number): Record<string, string> => ({
+    PORT: String(ports[i]!),
+    AWS_ENDPOINT_URL: endpoint.proxy.url,
+    AWS_EC2_METADATA_SERVICE_ENDPOINT: imdses[i]!.url,
+    SECRET,
+    LOGLEVEL: 'info',
+    ...(kube ? { KUBECONFIG: kubeconfig!, NODE_NAME: names[i]!.node, POD_NAME: names[i]!.pod, POD_NAMESPACE: NAMESPACE, HOST_IP: '127.0.0.1' } : {}),
+    ...env,
+  });
+  const spawn = (i: number) => (all[i] = spawnAgent(ports[i]!, envOf(i)));
   const stop = async () => {
     await Promise.all(all.filter(Boolean).map(stopAgent));
     await Promise.all(imdses.map((imds) => imds.close()));
@@ -121,10 +136,12 @@ export async function launchCluster(
     // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out. Here all
     // the agents share this machine's few cores, where in a cluster each has its own node's: with a
     // coordinator, the others run at a lower priority so that it is not starved by a hundred of them.
-    await pool(nodes.slice(0, size), 6, async (_node, i) => {
-      const agent = spawn(i);
-      if (coordinated) setPriority(agent.child.pid!, 10);
-      await waitReady(agent, 60_000);
+    const groups = Array.from({ length: Math.ceil(size / agentsPerProcess) }, (_, g) => Array.from({ length: Math.min(agentsPerProcess, size - g * agentsPerProcess) }, (_, j) => g * agentsPerProcess + j));
+    await pool(groups, 6, async (group) => {
+      const agents = agentsPerProcess === 1 ? [spawn(group[0]!)] : spawnHostedAgents(group.map(envOf));
+      for (const [j, agent] of agents.entries()) all[group[j]!] = agent;
+      if (coordinated) setPriority(agents[0]!.child.pid!, 10);
+      for (const agent of agents) await waitReady(agent, 60_000);
     });
     return { nodes: all.slice(0, size), imdses: imdses.slice(0, size), coordinator: kube ? all[size] : undefined, standbys: all.slice(size + 1), kube, startAllMs: Date.now() - startedAt, stop };
   } catch (error) {

@@ -34,22 +34,29 @@ export function spawnAgent(port: number, env: Record<string, string>, node = pro
   let stderr = '';
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  let ended = false;
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+  return agentIn(child, port, { stdout: () => stdout, stderr: () => stderr });
+}
+
+/** An agent listening on `port` in `child`, whose output so far `output` gives (the process's, or its share of it). */
+export function agentIn(child: ChildProcess, port: number, output: { stdout(): string; stderr(): string }): AgentProcess {
+  const { stdout, stderr } = output;
+  let ended = child.exitCode !== null || child.signalCode !== null;
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    if (ended) return resolve({ code: child.exitCode, signal: child.signalCode });
     child.once('exit', (code, signal) => {
       ended = true;
       resolve({ code, signal });
-    }),
-  );
+    });
+  });
   const url = `http://127.0.0.1:${port}`;
   const agent: AgentProcess = {
     port,
     url,
     child,
-    stdout: () => stdout,
-    stderr: () => stderr,
+    stdout,
+    stderr,
     logs: () =>
-      stderr
+      stderr()
         .split('\n')
         .filter((line) => line.trim() !== '')
         .flatMap((line) => {
@@ -61,7 +68,7 @@ export function spawnAgent(port: number, env: Record<string, string>, node = pro
           }
         }),
     nonJsonLines: () =>
-      stderr
+      stderr()
         .split('\n')
         .filter((line) => line.trim() !== '')
         .filter((line) => {
