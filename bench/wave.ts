@@ -5,10 +5,12 @@
  * coordinate. Every fake IMDS starts serving a spot notice within the same second (a two-minute
  * warning, as AWS gives).
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { events, isDrainEnd, rssShareMiB, spotNotice, type LogEvent } from './lib/agent.ts';
-import { launchCluster, MAX_STANDBYS, runPlans, type PlanWorld } from './lib/cluster.ts';
+import { launchCluster, MAX_STANDBYS, runPlans, type PlanWorld, type RunningCluster } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { max, median, mmm, num, seconds, sum, table } from './lib/stats.ts';
 import { TokenBuckets, type LimiterSpec } from './lib/aws.ts';
@@ -134,6 +136,7 @@ async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, option
     let coordinatorKilled = !killed;
     const ends: (LogEvent | undefined)[] = dying.map(() => undefined);
     const peak = dying.map(() => 0);
+    let nextRssAt = 0;
     const until = t0 + NOTICE_MS + 10_000;
     while (ends.some((e) => e === undefined) && Date.now() < until) {
       await sleep(coordinatorKilled ? 250 : 10);
@@ -142,8 +145,16 @@ async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, option
         coordinatorKilled = true;
         options.log(`  coordinator killed ${seconds(Date.now() - t0)} after the notices, as its first deregistration went out`);
       }
+      // The memory every quarter of a second, and once per process: reading /proc for 300 agents every
+      // 10 ms would take a core from the agents being measured.
+      const sampleRss = Date.now() >= nextRssAt;
+      if (sampleRss) nextRssAt = Date.now() + 250;
+      const shares = new Map<number | undefined, number>();
       for (const [i, agent] of dying.entries()) {
-        if (agent.alive()) peak[i] = Math.max(peak[i]!, rssShareMiB(agent));
+        if (sampleRss && agent.alive()) {
+          if (!shares.has(agent.child.pid)) shares.set(agent.child.pid, rssShareMiB(agent));
+          peak[i] = Math.max(peak[i]!, shares.get(agent.child.pid)!);
+        }
         if (ends[i] || !agent.stderr().includes('"msg":"drain ', offsets[i])) continue;
         ends[i] = events(agent, offsets[i]).find(isDrainEnd);
       }
@@ -190,8 +201,18 @@ async function runWave({ endpoint, aws, cluster }: PlanWorld, plan: Plan, option
     return wave;
   } finally {
     endpoint.setLimiter(undefined);
+    if (process.env.WAVE_LOGS) keepLogs(process.env.WAVE_LOGS, label, running);
     await running.stop();
   }
+}
+
+/** WAVE_LOGS=<dir>: every agent's log of the wave, for a look at what happened (coordinator.log, node-<i>.log). */
+function keepLogs(dir: string, label: string, running: RunningCluster): void {
+  const waveDir = join(dir, label.replace(/[^a-z0-9]+/gi, '-'));
+  mkdirSync(waveDir, { recursive: true });
+  if (running.coordinator) writeFileSync(join(waveDir, 'coordinator.log'), running.coordinator.stderr());
+  for (const [i, agent] of running.standbys.entries()) writeFileSync(join(waveDir, `standby-${i}.log`), agent.stderr());
+  for (const [i, agent] of running.nodes.entries()) writeFileSync(join(waveDir, `node-${i}.log`), agent.stderr());
 }
 
 export function waveSection(raw: { waves: Wave[]; skipped?: string[] }): Section {

@@ -18,7 +18,7 @@ import { silentLogger } from '../agent/log.ts';
 
 const SECRET = 'hand-over-Secret-0123456789';
 const INSTANCE: Instance = { id: 'i-0123456789abcdef0', vpcId: 'vpc-0123456789abcdef0', privateIps: ['10.0.1.23'], ipv4Prefixes: [], ipv6Addresses: [], ipv6Prefixes: [], tags: {} };
-const TIMING: HandOverTiming = { answerMs: 300, pollMs: 50, failedPolls: 2, progressWaitMs: 600, successorWaitMs: 1_000 };
+const TIMING: HandOverTiming = { answerMs: 300, slowAnswerMs: 600, pollMs: 50, failedPolls: 2, progressWaitMs: 600, successorWaitMs: 1_000 };
 const TG = 'arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef';
 
 type Answer = { status: number; body: unknown } | 'hang' | 'reset';
@@ -142,7 +142,11 @@ describe('handing a drain to the coordinator', () => {
   });
 
   const fallbacks: { name: string; set: (fake: FakeCoordinator) => void; stillCoordinating?: () => boolean; reason: RegExp }[] = [
-    { name: 'the hand-over is not answered within the answer time', set: (fake) => (fake.post = () => 'hang'), reason: /not accepted within 300 ms/ },
+    {
+      name: 'the hand-over is not answered within the answer time, nor when asked once more while the Lease names the coordinator',
+      set: (fake) => (fake.post = () => 'hang'),
+      reason: /not accepted within 300 ms: .*asked once more, no answer within 600 ms either/,
+    },
     { name: 'the coordinator refuses it (503 while it starts)', set: (fake) => (fake.post = () => ({ status: 503, body: { error: 'starting' } })), reason: /answered 503: starting/ },
     { name: 'the coordinator stops answering (two status reads in a row)', set: (fake) => (fake.get = () => 'reset'), reason: /stopped answering/ },
     {
@@ -172,6 +176,27 @@ describe('handing a drain to the coordinator', () => {
       assert.ok(ms < 2_000, `fell back after ${ms} ms, well before the 5 s deadline`);
     });
   }
+
+  it('a hand-over answered late is asked once more while the Lease still names the coordinator, and served', async () => {
+    coordinator = new FakeCoordinator();
+    let posts = 0;
+    coordinator.post = () => (++posts === 1 ? 'hang' : { status: 202, body: remote('draining', []) });
+    const { status, alone } = await handOver();
+    assert.equal(alone, false, 'no drain of its own: a busy coordinator still serves');
+    assert.equal(status.state, 'deregistered');
+    assert.deepEqual(status.handOver, { coordinator: 'hlv-coordinator', outcome: 'served' });
+    assert.equal(coordinator.requests.filter((r) => r.method === 'POST').length, 2);
+  });
+
+  it('a hand-over not answered while the Lease names another holder is not asked again: the agent drains alone', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.post = () => 'hang';
+    const { status, alone } = await handOver({ stillCoordinating: () => false });
+    assert.equal(alone, true);
+    assert.match(status.handOver?.reason ?? '', /not accepted within 300 ms/);
+    assert.doesNotMatch(status.handOver?.reason ?? '', /asked once more/);
+    assert.equal(coordinator.requests.filter((r) => r.method === 'POST').length, 1);
+  });
 
   it('canceled (the node given back) while the coordinator drains: the coordinator is told to stop, and its final status is what was taken out', async () => {
     coordinator = new FakeCoordinator();

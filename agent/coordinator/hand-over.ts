@@ -4,7 +4,8 @@
  * so the coordinator can batch a whole spot wave into one call per load balancer.
  *
  * Never worse than draining alone: the agent drains by itself when the coordinator does not answer
- * within 2 s, stops answering (two polls in a row), ends the drain without getting the node out while
+ * within 2 s (asked once more, for up to 8 s, while the Lease says it still coordinates: busy serving a
+ * wave, it accepts every hand-over, only late), stops answering (two polls in a row), ends the drain without getting the node out while
  * time is left, has not deregistered anything in time, or steps down before it has. A coordinator that
  * is gone (it stopped answering, refused the connection, or stepped down) is first given a successor's
  * worth of time (up to 30 s, at most a third of the time left): a wave whose coordinator dies is handed
@@ -24,6 +25,13 @@ import type { Coordinator } from './coordination.ts';
 export interface HandOverTiming {
   /** Each request to the coordinator, the hand-over included, must be answered this fast. */
   readonly answerMs: number;
+  /**
+   * A hand-over not answered within answerMs is asked once more, with this long for the answer (and at
+   * most a third of the time left), while the Lease still names the coordinator: in a wave of 300 on a
+   * busy coordinator, every hand-over was accepted, a third of them after 2 s (bench/RESULTS.md), and
+   * each follower that gave up at 2 s drained alone against the account's buckets the wave needs.
+   */
+  readonly slowAnswerMs: number;
   /** Between two reads of the coordinator's status of the drain. */
   readonly pollMs: number;
   /** Polls failing in a row before this agent drains alone. */
@@ -42,7 +50,7 @@ export interface HandOverTiming {
   readonly successorWaitMs: number;
 }
 
-export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000, successorWaitMs: 30_000 };
+export const HAND_OVER_TIMING: HandOverTiming = { answerMs: 2_000, slowAnswerMs: 8_000, pollMs: 1_000, failedPolls: 2, progressWaitMs: 30_000, successorWaitMs: 30_000 };
 
 export interface HandOverOptions {
   readonly coordinator: Coordinator;
@@ -157,13 +165,27 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       log[state === 'deregistered' ? 'info' : 'warn']({ durationMs, status }, `drain ${state}`);
     };
 
-    log.info({ deadline: status.deadline }, 'drain handed to the coordinator');
-    let remote: DrainStatus;
-    try {
+    /** Asking again joins the drain the first ask started, if it got there. */
+    const askToServe = (answerMs: number): Promise<DrainStatus> => {
       const timeout = Math.min(3600, Math.max(1, Math.floor(timeLeftMs() / 1000)));
       // The instance as this agent's IMDS describes it: the coordinator need not find it in EC2.
       const { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } = instance;
-      remote = await ask('POST', `/drain?id=${instance.id}&timeout=${timeout}`, { instance: { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } });
+      const payload = { instance: { vpcId, privateIps, ipv4Prefixes, ipv6Addresses, ipv6Prefixes } };
+      return askCoordinator(coordinator, { secret, peer, answerMs }, 'POST', `/drain?id=${instance.id}&timeout=${timeout}`, payload);
+    };
+
+    log.info({ deadline: status.deadline }, 'drain handed to the coordinator');
+    let remote: DrainStatus;
+    try {
+      remote = await askToServe(timing.answerMs).catch(async (error: unknown) => {
+        const slowMs = Math.min(timing.slowAnswerMs, Math.max(0, timeLeftMs()) / 3);
+        if (!isTimeout(error) || !stillCoordinating(coordinator) || slowMs <= timing.answerMs || signal.aborted) throw error;
+        log.warn({ answerMs: timing.answerMs, slowAnswerMs: Math.round(slowMs) }, 'the coordinator did not accept the hand-over in time but still holds the Lease: asking once more');
+        return askToServe(slowMs).catch((again: unknown) => {
+          if (!isTimeout(again)) throw again;
+          throw new Error(`${errorMessage(error)}; asked once more, no answer within ${Math.round(slowMs)} ms either: ${errorMessage(again)}`, { cause: again });
+        });
+      });
     } catch (error) {
       const why = `the hand-over was not accepted within ${timing.answerMs} ms: ${errorMessage(error)}`;
       // Refused or reset: nothing listens there any more. A timeout or an HTTP answer: it is there, but cannot serve.
@@ -210,6 +232,11 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       }
     }
   };
+}
+
+/** No answer in time: the request's own timeout (a TimeoutError, from AbortSignal.timeout). */
+function isTimeout(error: unknown): boolean {
+  return error instanceof Error && (error.name === 'TimeoutError' || (error.cause instanceof Error && error.cause.name === 'TimeoutError'));
 }
 
 /** An answer that is not JSON (a proxy's error page) carries no status: `undefined`, so the caller says what it got. */
