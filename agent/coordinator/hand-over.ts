@@ -5,8 +5,9 @@
  *
  * Never worse than draining alone: the agent drains by itself when the coordinator does not answer
  * within 2 s (asked once more, for up to 8 s, while the Lease says it still coordinates: busy serving a
- * wave, it accepts every hand-over, only late), stops answering (two polls in a row), ends the drain without getting the node out while
- * time is left, has not deregistered anything in time, or steps down before it has. A coordinator that
+ * wave, it accepts every hand-over, only late), stops answering (two polls in a row), ends the drain
+ * without getting the node out while time is left, has not deregistered anything in time, or steps
+ * down before it has. A coordinator that
  * is gone (it stopped answering, refused the connection, or stepped down) is first given a successor's
  * worth of time (up to 30 s, at most a third of the time left): a wave whose coordinator dies is handed
  * to the next one and stays batched, where a hundred agents draining alone at once would spend the
