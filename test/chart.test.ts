@@ -314,8 +314,9 @@ describe('chart: default values', () => {
     const source = readFileSync(join(ROOT, 'agent', 'config.ts'), 'utf8');
     const read = new Set([...source.matchAll(/\b(?:raw|oneOf|boolean|integer|seconds|matching)\('([A-Z][A-Z0-9_]*)'/g)].map((m) => m[1]!));
     assert.ok(read.size >= 15, `found only ${read.size} variables in agent/config.ts: has its style changed?`);
-    // The SDK's own switch, left to the user (extraEnv).
+    // The SDK's own settings, left to the user (extraEnv): the IMDSv1 switch, and IMDS's address.
     read.delete('AWS_EC2_METADATA_V1_DISABLED');
+    read.delete('AWS_EC2_METADATA_SERVICE_ENDPOINT');
     const all = envOf(agentContainer(render('-f', VALUES_ALL)));
     const missing = [...read].filter((name) => !all.has(name));
     assert.deepEqual(missing, [], 'the chart does not set these agent variables');

@@ -160,8 +160,10 @@ async function takeOut(family: LoadBalancerFamily, membership: Membership, entry
   for (let attempt = 0; entry.deregisteredAt === undefined; attempt++) {
     try {
       await family.deregister(membership, ctx);
-      entry.deregisteredAt = new Date().toISOString();
-      if (entry.deregistrationDelaySeconds !== undefined) entry.expectedOutAt = new Date(Date.now() + entry.deregistrationDelaySeconds * 1000).toISOString();
+      // One reading of the clock for both: out at the latest exactly one delay after the deregistration.
+      const deregisteredAt = Date.now();
+      entry.deregisteredAt = new Date(deregisteredAt).toISOString();
+      if (entry.deregistrationDelaySeconds !== undefined) entry.expectedOutAt = new Date(deregisteredAt + entry.deregistrationDelaySeconds * 1000).toISOString();
       delete entry.reason;
       log.info({ ms: Date.now() - started }, 'deregistered');
     } catch (error) {
