@@ -90,15 +90,13 @@ describe('hasta-la-vista drain against moto', () => {
 
     test('--self drains the instance IMDS names', async () => {
       const imds: FakeImds = await startFakeImds({ instanceId: world.node.id, region: REGION, vpcId: world.clusterVpc, privateIp: world.node.ip, secondaryIps: [world.node.secondaryIp] });
-      process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = imds.url;
       try {
-        const { code, result } = await drain(['--self', '--dry-run']);
+        const { code, result } = await drain(['--self', '--dry-run'], { AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url });
         assert.equal(code, ExitCode.ok);
         assert.equal(result.instanceId, world.node.id);
         assert.equal(result.state, 'skipped');
         assert.ok(imds.count('meta-data/instance-id') > 0, 'IMDS was not asked which instance this is');
       } finally {
-        delete process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
         await imds.close();
       }
     });
@@ -185,36 +183,28 @@ describe('hasta-la-vista drain against moto', () => {
     });
 
     test('where it runs cannot be known (no IMDS, no AWS_REGION): exit 2, error config', async () => {
-      process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = `http://127.0.0.1:${await freePort()}`;
-      try {
-        const command = parseCommand(['drain', '--id', world.node.id]) as DrainCommand;
-        const stdout = new Sink();
-        const code = await runOneShot(command, loadConfig({}, 'oneshot'), createLogger('error', humanReadable(new Sink())), new ResultWriter(stdout));
-        const result = JSON.parse(stdout.text) as OneShotResult;
-        assert.equal(code, ExitCode.usage);
-        assert.equal(result.error?.code, 'config');
-        assert.match(String(result.error?.message), /IMDS did not answer/);
-        assert.equal(result.instanceId, world.node.id);
-      } finally {
-        delete process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
-      }
+      const nowhere = `http://127.0.0.1:${await freePort()}`;
+      const command = parseCommand(['drain', '--id', world.node.id]) as DrainCommand;
+      const stdout = new Sink();
+      const code = await runOneShot(command, loadConfig({ AWS_EC2_METADATA_SERVICE_ENDPOINT: nowhere }, 'oneshot'), createLogger('error', humanReadable(new Sink())), new ResultWriter(stdout));
+      const result = JSON.parse(stdout.text) as OneShotResult;
+      assert.equal(code, ExitCode.usage);
+      assert.equal(result.error?.code, 'config');
+      assert.match(String(result.error?.message), /IMDS did not answer/);
+      assert.equal(result.instanceId, world.node.id);
     });
 
     test('--self without IMDS, AWS_REGION, VPCID and CLUSTERNAME set: exit 2, the error says the instance needs IMDS, not to set them', async () => {
-      process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = `http://127.0.0.1:${await freePort()}`;
-      try {
-        const command = parseCommand(['drain', '--self']) as DrainCommand;
-        const stdout = new Sink();
-        const config = loadConfig({ AWS_REGION: REGION, VPCID: world.clusterVpc, CLUSTERNAME: CLUSTER }, 'oneshot');
-        const code = await runOneShot(command, config, createLogger('error', humanReadable(new Sink())), new ResultWriter(stdout));
-        const result = JSON.parse(stdout.text) as OneShotResult;
-        assert.equal(code, ExitCode.usage);
-        assert.equal(result.error?.code, 'config');
-        assert.match(String(result.error?.message), /^IMDS did not answer \(.+\): this instance's id and addresses come only from IMDS/);
-        assert.doesNotMatch(String(result.error?.message), /set AWS_REGION|outside EC2/);
-      } finally {
-        delete process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT;
-      }
+      const nowhere = `http://127.0.0.1:${await freePort()}`;
+      const command = parseCommand(['drain', '--self']) as DrainCommand;
+      const stdout = new Sink();
+      const config = loadConfig({ AWS_REGION: REGION, VPCID: world.clusterVpc, CLUSTERNAME: CLUSTER, AWS_EC2_METADATA_SERVICE_ENDPOINT: nowhere }, 'oneshot');
+      const code = await runOneShot(command, config, createLogger('error', humanReadable(new Sink())), new ResultWriter(stdout));
+      const result = JSON.parse(stdout.text) as OneShotResult;
+      assert.equal(code, ExitCode.usage);
+      assert.equal(result.error?.code, 'config');
+      assert.match(String(result.error?.message), /^IMDS did not answer \(.+\): this instance's id and addresses come only from IMDS/);
+      assert.doesNotMatch(String(result.error?.message), /set AWS_REGION|outside EC2/);
     });
 
     test('--asg without ASG_LIFECYCLE_HOOK: exit 2, error usage naming the fix, before any AWS call', async () => {
