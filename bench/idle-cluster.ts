@@ -5,7 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { rssShareMiB } from './lib/agent.ts';
-import { launchCluster, runPlans } from './lib/cluster.ts';
+import { HOSTED_AGENTS_PER_PROCESS, launchCluster, runPlans } from './lib/cluster.ts';
 import type { BenchOptions, Section } from './lib/report.ts';
 import { median, num, seconds, sum, table } from './lib/stats.ts';
 
@@ -14,9 +14,6 @@ const INVENTORY_REFRESH_S = 60;
 const DEFAULT_INVENTORY_REFRESH_S = 1800;
 /** An idle agent's RSS is 60–80 MiB (table 3); keep 1.5 GiB for moto, the fakes and this process. */
 const AGENT_MIB = 100;
-/** 300 agents a process each do not fit this machine's memory: that row runs them 10 to a process (bench/lib/agent-host.ts). */
-const HOSTED = 10;
-const HOSTED_AGENT_MIB = 30;
 
 interface IdleCluster {
   readonly nodes: number;
@@ -38,11 +35,11 @@ export async function idleClusterBench(options: BenchOptions): Promise<Section[]
         { nodes: 10, coordinated: false },
         { nodes: 10, coordinated: true },
         { nodes: 100, coordinated: true },
-        { nodes: 300, coordinated: true, agentsPerProcess: HOSTED },
+        { nodes: 300, coordinated: true, agentsPerProcess: HOSTED_AGENTS_PER_PROCESS },
       ];
   const windowMs = options.smoke ? 3_000 : 180_000;
   const { results, skipped } = await runPlans(
-    plans.map((plan) => ({ ...plan, label: plan.coordinated ? 'coordinated' : 'alone', ...(plan.agentsPerProcess ? { mibPerAgent: HOSTED_AGENT_MIB } : {}) })),
+    plans.map((plan) => ({ ...plan, label: plan.coordinated ? 'coordinated' : 'alone' })),
     AGENT_MIB,
     options.log,
     async ({ endpoint, aws, cluster }, plan): Promise<IdleCluster> => {

@@ -13,7 +13,7 @@ import { freePort } from '../../test/helpers/moto.ts';
 import { waitReady } from '../../test/helpers/agent-harness.ts';
 import { SECRET, spawnAgent, spawnHostedAgents, stopAgent, type AgentProcess } from './agent.ts';
 import { REGION, registerNodes, seedClients, seedCluster, startEndpoint, type Cluster, type Endpoint, type SeedClients } from './aws.ts';
-import { pool } from '../../agent/aws/batches.ts';
+import { chunks, pool } from '../../agent/aws/batches.ts';
 
 /** Where every plan runs: one moto behind the rate-limiting endpoint, seeded once for the largest plan. */
 export interface PlanWorld {
@@ -24,10 +24,10 @@ export interface PlanWorld {
 
 /**
  * Runs each plan in turn, each with as many of its nodes as this machine's free memory holds at
- * `agentMiB` per agent (keeping 1.5 GiB for moto, the fakes and the benchmark): `skipped` says which
+ * `agentMiB` per agent, or HOSTED_AGENT_MIB for a plan that hosts several agents to a process (keeping 1.5 GiB for moto, the fakes and the benchmark): `skipped` says which
  * plans were measured smaller, and why.
  */
-export async function runPlans<P extends { readonly nodes: number; readonly label: string; readonly mibPerAgent?: number }, R>(
+export async function runPlans<P extends { readonly nodes: number; readonly label: string; readonly agentsPerProcess?: number }, R>(
   plans: readonly P[],
   agentMiB: number,
   log: (line: string) => void,
@@ -41,7 +41,7 @@ export async function runPlans<P extends { readonly nodes: number; readonly labe
     // More nodes than the largest plan: the coordinator's and the standbys'.
     const cluster = await seedCluster(aws, Math.max(...plans.map((plan) => plan.nodes)) + 1 + MAX_STANDBYS);
     for (const plan of plans) {
-      const perAgent = plan.mibPerAgent ?? agentMiB;
+      const perAgent = (plan.agentsPerProcess ?? 1) > 1 ? HOSTED_AGENT_MIB : agentMiB;
       const size = Math.min(plan.nodes, Math.floor((freemem() - 1.5 * 2 ** 30) / (perAgent * 2 ** 20)) - 1);
       if (size < plan.nodes) {
         skipped.push(`${plan.nodes} nodes (${plan.label}) would need about ${plan.nodes * perAgent} MiB at ${perAgent} MiB an agent, ${Math.round(freemem() / 2 ** 20)} MiB are free: measured ${size} instead`);
@@ -54,6 +54,14 @@ export async function runPlans<P extends { readonly nodes: number; readonly labe
   }
   return { results, skipped };
 }
+
+/**
+ * Waves and idle clusters of 300 do not fit this machine with a process per node (2 cores, 75–100 MiB
+ * an agent): those rows run the nodes' agents this many to a process (bench/lib/agent-host.ts, the same
+ * agent code with a configuration each), at about this much memory an agent (generously; measured 19).
+ */
+export const HOSTED_AGENTS_PER_PROCESS = 10;
+export const HOSTED_AGENT_MIB = 30;
 
 /** At most this many standby agents (see launchCluster). */
 export const MAX_STANDBYS = 2;
@@ -136,9 +144,9 @@ export async function launchCluster(
     // Start-up is CPU-bound (loading the bundle): a few at a time, so none of them times out. Here all
     // the agents share this machine's few cores, where in a cluster each has its own node's: with a
     // coordinator, the others run at a lower priority so that it is not starved by a hundred of them.
-    const groups = Array.from({ length: Math.ceil(size / agentsPerProcess) }, (_, g) => Array.from({ length: Math.min(agentsPerProcess, size - g * agentsPerProcess) }, (_, j) => g * agentsPerProcess + j));
+    const groups = chunks([...Array(size).keys()], agentsPerProcess);
     await pool(groups, 6, async (group) => {
-      const agents = agentsPerProcess === 1 ? [spawn(group[0]!)] : spawnHostedAgents(group.map(envOf));
+      const agents = agentsPerProcess === 1 ? [spawnAgent(ports[group[0]!]!, envOf(group[0]!))] : spawnHostedAgents(group.map(envOf));
       for (const [j, agent] of agents.entries()) all[group[j]!] = agent;
       if (coordinated) setPriority(agents[0]!.child.pid!, 10);
       for (const agent of agents) await waitReady(agent, 60_000);
