@@ -35,7 +35,7 @@ import { decideOnSigterm } from './decision/sigterm.ts';
 import { NodeAnnotationMemory, isTakenOut } from './memory/taken-out.ts';
 import { TAKEN_OUT_ANNOTATION, WholeNodeMemory } from './memory/whole-node.ts';
 import { createKubeClient, type KubeClient } from './kube/client.ts';
-import { loadKubeAccess } from './kube/config.ts';
+import { loadKubeAccess, type KubeAccess } from './kube/config.ts';
 import { AUTOSCALER_DELETING_TAINT, NodeDrainMarks } from './kube/drain-marks.ts';
 import { NodeKeeper } from './kube/keep-out.ts';
 import { NodeWatch } from './kube/node-watch.ts';
@@ -83,7 +83,8 @@ interface Running {
  * environment, except for a benchmark that hosts several agents in one process.
  */
 export async function runAgent(config: Config, logger: Logger, version: string, env: NodeJS.ProcessEnv = process.env): Promise<ExitCode> {
-  return new Agent(config, logger, version, env).run();
+  const access = config.nodeName ? await loadKubeAccess(env) : undefined;
+  return new Agent(config, logger, version, access).run();
 }
 
 class Agent implements AgentApi {
@@ -121,10 +122,9 @@ class Agent implements AgentApi {
     private readonly config: Config,
     private readonly logger: Logger,
     private readonly version: string,
-    env: NodeJS.ProcessEnv,
+    access: KubeAccess | undefined,
   ) {
     this.imds = imdsFor(config, logger);
-    const access = config.nodeName ? loadKubeAccess(env) : undefined;
     if (config.nodeName && !access) logger.warn('NODE_NAME is set but no Kubernetes access was found (no service account, no KUBECONFIG): no label, no events');
     this.kube = access ? createKubeClient(access, { logger: logger.child({ component: 'kube' }) }) : undefined;
     this.keeper =

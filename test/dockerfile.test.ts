@@ -230,6 +230,23 @@ describe('Dockerfile: the build stage, replayed', () => {
     }
   });
 
+  it('leaves the AWS SDK and the YAML parser out of main.js, which every agent loads at start (chunks, loaded on first use)', () => {
+    const main = readFileSync(join(src, 'dist', 'main.js'), 'utf8');
+    const chunks = join(src, 'dist', 'chunks');
+    const inChunks = readdirSync(chunks)
+      .filter((name) => name.endsWith('.js'))
+      .map((name) => readFileSync(join(chunks, name), 'utf8'))
+      .join('\n');
+    // A marker of each: the SDK's request signing (its core, which every client loads), the parser's node kinds.
+    for (const [what, marker] of [
+      ['the AWS SDK', 'X-Amz-Date'],
+      ['the YAML parser', 'yaml.alias'],
+    ] as const) {
+      assert.ok(inChunks.includes(marker), `${what} is not in any chunk: is the marker "${marker}" still right?`);
+      assert.ok(!main.includes(marker), `main.js carries ${what}: something imports it statically`);
+    }
+  });
+
   it('also starts as a bare copy of dist/ without a package.json (module syntax detection)', () => {
     const bare = join(scratch, 'bare');
     cpSync(join(src, 'dist'), bare, { recursive: true, filter: (p) => !p.endsWith('package.json') });

@@ -38,10 +38,10 @@ function kubeconfig(cluster: Record<string, unknown>, user: Record<string, unkno
   };
 }
 
-/** Runs fn and returns the KubeConfigError it throws. */
-function configError(fn: () => unknown): KubeConfigError {
+/** Awaits the promise and returns the KubeConfigError it rejects with. */
+async function configError(promise: Promise<unknown>): Promise<KubeConfigError> {
   try {
-    fn();
+    await promise;
   } catch (err) {
     assert.ok(err instanceof KubeConfigError, `expected KubeConfigError, got ${String(err)}`);
     return err;
@@ -60,14 +60,14 @@ async function apiError(promise: Promise<unknown>): Promise<KubeApiError> {
 }
 
 describe('loadKubeAccess', () => {
-  it('is undefined outside a cluster without KUBECONFIG', () => {
-    assert.equal(loadKubeAccess({}), undefined);
-    assert.equal(loadKubeAccess({ KUBECONFIG: '' }), undefined);
+  it('is undefined outside a cluster without KUBECONFIG', async () => {
+    assert.equal(await loadKubeAccess({}), undefined);
+    assert.equal(await loadKubeAccess({ KUBECONFIG: '' }), undefined);
   });
 
-  it('reads server and token from a kubeconfig, plain http allowed', () => {
+  it('reads server and token from a kubeconfig, plain http allowed', async () => {
     const path = writeKubeconfig('token.yaml', kubeconfig({ server: 'http://127.0.0.1:8080/' }, { token: 'abc' }));
-    const access = loadKubeAccess({ KUBECONFIG: path });
+    const access = await loadKubeAccess({ KUBECONFIG: path });
     assert.ok(access);
     assert.equal(access.server, 'http://127.0.0.1:8080');
     assert.equal(access.token?.(), 'abc');
@@ -75,7 +75,7 @@ describe('loadKubeAccess', () => {
     assert.equal(access.tls.rejectUnauthorized, true);
   });
 
-  it('reads CA and client certificate data, insecure-skip-tls-verify and tls-server-name', () => {
+  it('reads CA and client certificate data, insecure-skip-tls-verify and tls-server-name', async () => {
     const path = writeKubeconfig(
       'certs.yaml',
       kubeconfig(
@@ -83,7 +83,7 @@ describe('loadKubeAccess', () => {
         { 'client-certificate-data': b64(FAKE_PEM), 'client-key-data': b64('-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n') },
       ),
     );
-    const access = loadKubeAccess({ KUBECONFIG: path });
+    const access = await loadKubeAccess({ KUBECONFIG: path });
     assert.ok(access);
     assert.equal(access.tls.ca, FAKE_PEM);
     assert.equal(access.tls.cert, FAKE_PEM);
@@ -93,22 +93,22 @@ describe('loadKubeAccess', () => {
     assert.equal(access.token, undefined);
   });
 
-  it('resolves file paths relative to the kubeconfig, and tokenFile wins over token', () => {
+  it('resolves file paths relative to the kubeconfig, and tokenFile wins over token', async () => {
     writeFileSync(join(dir, 'ca.pem'), FAKE_PEM);
     writeFileSync(join(dir, 'token-file'), 'from-file\n');
     const path = writeKubeconfig('files.yaml', kubeconfig({ server: 'https://k8s.example', 'certificate-authority': 'ca.pem' }, { token: 'inline', tokenFile: 'token-file' }));
-    const access = loadKubeAccess({ KUBECONFIG: path });
+    const access = await loadKubeAccess({ KUBECONFIG: path });
     assert.equal(access?.tls.ca, FAKE_PEM);
     assert.equal(access?.token?.(), 'from-file');
   });
 
-  it('names the file when it is missing', () => {
+  it('names the file when it is missing', async () => {
     const path = join(dir, 'nope.yaml');
-    const err = configError(() => loadKubeAccess({ KUBECONFIG: path }));
+    const err = await configError(loadKubeAccess({ KUBECONFIG: path }));
     assert.match(err.message, new RegExp(`KUBECONFIG file ${path}: cannot be read \\(ENOENT`));
   });
 
-  it('names the file and the problem when it is malformed', () => {
+  it('names the file and the problem when it is malformed', async () => {
     const cases: [string, unknown, RegExp][] = [
       ['bad-yaml', 'clusters: [\n  - name: c\n  oops: {', /is not valid YAML/],
       ['scalar', 'just a string', /is not a kubeconfig/],
@@ -123,25 +123,25 @@ describe('loadKubeAccess', () => {
     ];
     for (const [name, doc, expected] of cases) {
       const path = writeKubeconfig(`${name}.yaml`, doc);
-      const err = configError(() => loadKubeAccess({ KUBECONFIG: path }));
+      const err = await configError(loadKubeAccess({ KUBECONFIG: path }));
       assert.ok(err.message.startsWith(`KUBECONFIG file ${path}: `), err.message);
       assert.match(err.message, expected, name);
     }
   });
 
-  it('refuses a list of kubeconfig files', () => {
-    const err = configError(() => loadKubeAccess({ KUBECONFIG: '/a.yaml:/b.yaml' }));
+  it('refuses a list of kubeconfig files', async () => {
+    const err = await configError(loadKubeAccess({ KUBECONFIG: '/a.yaml:/b.yaml' }));
     assert.match(err.message, /lists several files/);
   });
 
   describe('in cluster', () => {
     const env = { KUBERNETES_SERVICE_HOST: '10.100.0.1', KUBERNETES_SERVICE_PORT: '443' };
 
-    it('uses the service account token and CA, and re-reads the rotating token', () => {
+    it('uses the service account token and CA, and re-reads the rotating token', async () => {
       const sa = mkdtempSync(join(dir, 'sa-'));
       writeFileSync(join(sa, 'token'), 'first');
       writeFileSync(join(sa, 'ca.crt'), FAKE_PEM);
-      const access = loadKubeAccess(env, { serviceAccountDir: sa, tokenRefreshMs: 0 });
+      const access = await loadKubeAccess(env, { serviceAccountDir: sa, tokenRefreshMs: 0 });
       assert.ok(access);
       assert.equal(access.server, 'https://10.100.0.1:443');
       assert.equal(access.tls.ca, FAKE_PEM);
@@ -154,31 +154,31 @@ describe('loadKubeAccess', () => {
       assert.equal(access.token?.(), 'second');
     });
 
-    it('keeps the token between refreshes', () => {
+    it('keeps the token between refreshes', async () => {
       const sa = mkdtempSync(join(dir, 'sa-'));
       writeFileSync(join(sa, 'token'), 'first');
       writeFileSync(join(sa, 'ca.crt'), FAKE_PEM);
-      const access = loadKubeAccess(env, { serviceAccountDir: sa, tokenRefreshMs: 60_000 });
+      const access = await loadKubeAccess(env, { serviceAccountDir: sa, tokenRefreshMs: 60_000 });
       writeFileSync(join(sa, 'token'), 'second');
       assert.equal(access?.token?.(), 'first');
     });
 
-    it('brackets an IPv6 service address', () => {
+    it('brackets an IPv6 service address', async () => {
       const sa = mkdtempSync(join(dir, 'sa-'));
       writeFileSync(join(sa, 'token'), 't');
       writeFileSync(join(sa, 'ca.crt'), FAKE_PEM);
-      const access = loadKubeAccess({ KUBERNETES_SERVICE_HOST: 'fd00::1', KUBERNETES_SERVICE_PORT: '443' }, { serviceAccountDir: sa });
+      const access = await loadKubeAccess({ KUBERNETES_SERVICE_HOST: 'fd00::1', KUBERNETES_SERVICE_PORT: '443' }, { serviceAccountDir: sa });
       assert.equal(access?.server, 'https://[fd00::1]:443');
     });
 
-    it('says what is missing when the token is not mounted', () => {
-      const err = configError(() => loadKubeAccess(env, { serviceAccountDir: join(dir, 'absent') }));
+    it('says what is missing when the token is not mounted', async () => {
+      const err = await configError(loadKubeAccess(env, { serviceAccountDir: join(dir, 'absent') }));
       assert.match(err.message, /service account token .*absent\/token cannot be read.*automountServiceAccountToken/);
     });
 
-    it('prefers KUBECONFIG over the in-cluster service account', () => {
+    it('prefers KUBECONFIG over the in-cluster service account', async () => {
       const path = writeKubeconfig('prefer.yaml', kubeconfig({ server: 'http://127.0.0.1:1' }, { token: 't' }));
-      assert.equal(loadKubeAccess({ ...env, KUBECONFIG: path })?.server, 'http://127.0.0.1:1');
+      assert.equal((await loadKubeAccess({ ...env, KUBECONFIG: path }))?.server, 'http://127.0.0.1:1');
     });
   });
 });
@@ -190,7 +190,7 @@ describe('KubeClient against the fake API server', () => {
 
   before(async () => {
     fake = await startFakeKube({ token: TOKEN });
-    const loaded = loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'fake.yaml')) });
+    const loaded = await loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'fake.yaml')) });
     assert.ok(loaded);
     access = loaded;
     client = createKubeClient(access, { logger: silentLogger() });
@@ -337,7 +337,7 @@ describe('KubeClient when the API server is unreachable', () => {
 
   before(async () => {
     fake = await startFakeKube({ token: TOKEN });
-    const access = loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'down.yaml')) });
+    const access = await loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'down.yaml')) });
     assert.ok(access);
     client = createKubeClient(access, { logger: silentLogger(), timeoutMs: 200 });
   });
@@ -404,7 +404,7 @@ describe('KubeClient over TLS', () => {
     writeFileSync(join(sa, 'token'), TOKEN);
     writeFileSync(join(sa, 'ca.crt'), tls.cert);
     const port = new URL(fake.url).port;
-    const access = loadKubeAccess({ KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port }, { serviceAccountDir: sa });
+    const access = await loadKubeAccess({ KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port }, { serviceAccountDir: sa });
     assert.ok(access);
     const trusting = createKubeClient(access, { logger: silentLogger() });
     const untrusting = createKubeClient({ ...access, tls: { rejectUnauthorized: true } }, { logger: silentLogger() });
@@ -417,7 +417,7 @@ describe('KubeClient over TLS', () => {
       assert.equal((await insecure.getNode('n')).metadata.name, 'n');
 
       // The kubeconfig the fake writes trusts its certificate too.
-      const viaKubeconfig = loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'tls.yaml')) });
+      const viaKubeconfig = await loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'tls.yaml')) });
       assert.ok(viaKubeconfig);
       const c = createKubeClient(viaKubeconfig, { logger: silentLogger() });
       assert.equal((await c.getNode('n')).metadata.name, 'n');
@@ -434,8 +434,8 @@ describe('KubeClient over TLS', () => {
     const fake = await startFakeKube({ token: TOKEN, tls });
     fake.setNode(makeNode('n'));
     const cluster = { server: fake.url, 'certificate-authority-data': b64(tls.cert) };
-    const named = loadKubeAccess({ KUBECONFIG: writeKubeconfig('sni.yaml', kubeconfig({ ...cluster, 'tls-server-name': 'kubernetes' }, { token: TOKEN })) });
-    const unnamed = loadKubeAccess({ KUBECONFIG: writeKubeconfig('no-sni.yaml', kubeconfig(cluster, { token: TOKEN })) });
+    const named = await loadKubeAccess({ KUBECONFIG: writeKubeconfig('sni.yaml', kubeconfig({ ...cluster, 'tls-server-name': 'kubernetes' }, { token: TOKEN })) });
+    const unnamed = await loadKubeAccess({ KUBECONFIG: writeKubeconfig('no-sni.yaml', kubeconfig(cluster, { token: TOKEN })) });
     assert.ok(named && unnamed);
     const good = createKubeClient(named, { logger: silentLogger() });
     const bad = createKubeClient(unnamed, { logger: silentLogger() });

@@ -29,7 +29,7 @@ describe('the Node watch', () => {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'hlv-node-watch-'));
     fake = await startFakeKube({ token: 'watch-token' });
-    client = createKubeClient(loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'kubeconfig')) })!, { logger: createLogger('error') });
+    client = createKubeClient((await loadKubeAccess({ KUBECONFIG: fake.writeKubeconfig(join(dir, 'kubeconfig')) }))!, { logger: createLogger('error') });
   });
   after(async () => {
     await client.close();
