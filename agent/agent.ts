@@ -534,6 +534,7 @@ class Agent implements AgentApi {
       secret: this.secret.current(),
       peer: this.config.podName!,
       stillCoordinating: (current) => !coordination.replaced(current),
+      renewing: (current) => coordination.renewing(current),
       successor: (after, waitMs, signal) => coordination.successor(after, waitMs, signal),
       alone: drainer.alone,
       observer: this.metrics.drainObserver(),

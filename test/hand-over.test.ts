@@ -21,7 +21,8 @@ const INSTANCE: Instance = { id: 'i-0123456789abcdef0', vpcId: 'vpc-0123456789ab
 const TIMING: HandOverTiming = { answerMs: 300, slowAnswerMs: 600, pollMs: 50, failedPolls: 2, progressWaitMs: 600, successorWaitMs: 1_000 };
 const TG = 'arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef';
 
-type Answer = { status: number; body: unknown } | 'hang' | 'reset';
+/** An answer, optionally `afterMs` late; or none ('hang'); or the connection reset. */
+type Answer = { status: number; body: unknown; afterMs?: number } | 'hang' | 'reset';
 
 /** A coordinator whose answers the test scripts: `post` for the hand-over, `get` for each status read. */
 class FakeCoordinator {
@@ -49,6 +50,7 @@ class FakeCoordinator {
     const answer = req.method === 'POST' ? this.post() : req.method === 'DELETE' ? this.del() : this.get();
     if (answer === 'hang') return;
     if (answer === 'reset') return void req.socket.resetAndDestroy();
+    if (answer.afterMs) await sleep(answer.afterMs);
     res.writeHead(answer.status, { 'content-type': 'application/json' });
     res.end(JSON.stringify(answer.body));
   }
@@ -86,9 +88,10 @@ afterEach(() => coordinator?.close());
 async function handOver({
   deadlineMs = 5_000,
   stillCoordinating = (): boolean => true,
+  renewing = (): boolean => false,
   signal = new AbortController().signal,
   successor,
-}: { deadlineMs?: number; stillCoordinating?: () => boolean; signal?: AbortSignal; successor?: HandOverOptions['successor'] } = {}) {
+}: { deadlineMs?: number; stillCoordinating?: () => boolean; renewing?: () => boolean; signal?: AbortSignal; successor?: HandOverOptions['successor'] } = {}) {
   coordinator ??= new FakeCoordinator();
   const endpoint = await coordinator.listen();
   const deadline = new Date(Date.now() + deadlineMs);
@@ -100,6 +103,7 @@ async function handOver({
     secret: SECRET,
     peer: 'hlv-follower',
     stillCoordinating,
+    renewing,
     successor,
     alone: async (_instance, aloneOptions, drained) => {
       alone = true;
@@ -188,6 +192,46 @@ describe('handing a drain to the coordinator', () => {
     assert.equal(coordinator.requests.filter((r) => r.method === 'POST').length, 2);
   });
 
+  it('a status read that times out while the coordinator renews the Lease is read again, given longer to answer, and the drain is served', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.post = () => ({ status: 202, body: remote('draining', [lb('draining')]) });
+    let reads = 0;
+    // No answer, then one later than the answer time (300 ms) but within the longer one (600 ms).
+    coordinator.get = () => (++reads === 1 ? 'hang' : { status: 200, body: remote('deregistered', [lb('out')]), afterMs: 450 });
+    let successorAsked = false;
+    const successor: HandOverOptions['successor'] = async () => {
+      successorAsked = true;
+      return undefined;
+    };
+    const { status, alone } = await handOver({ renewing: () => true, successor });
+    assert.equal(alone, false, 'no drain of its own: the coordinator was busy, not gone');
+    assert.equal(successorAsked, false, 'no successor waited for while it renews the Lease');
+    assert.equal(status.state, 'deregistered');
+    assert.deepEqual(status.handOver, { coordinator: 'hlv-coordinator', outcome: 'served' });
+  });
+
+  it('status reads that time out once the Lease has expired count: after two the coordinator is gone', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.post = () => ({ status: 202, body: remote('draining', [lb('draining')]) });
+    coordinator.get = () => 'hang';
+    const { status, alone } = await handOver({ renewing: () => false });
+    assert.equal(alone, true);
+    assert.match(status.handOver?.reason ?? '', /stopped answering/);
+    assert.equal(coordinator.requests.filter((r) => r.method === 'GET').length, TIMING.failedPolls);
+  });
+
+  it('a coordinator that renews the Lease but stays silent is waited for no longer than a successor would be', async () => {
+    coordinator = new FakeCoordinator();
+    coordinator.post = () => ({ status: 202, body: remote('draining', [lb('draining')]) });
+    coordinator.get = () => 'hang';
+    const { status, alone } = await handOver({ renewing: () => true });
+    assert.equal(alone, true, 'drained alone in the end');
+    assert.match(status.handOver?.reason ?? '', /stopped answering/);
+    assert.equal(status.state, 'deregistered');
+    const reads = coordinator.requests.filter((r) => r.method === 'GET').length;
+    assert.ok(reads > TIMING.failedPolls, `read ${reads} times: timeouts did not count while it renewed the Lease, within the successor's wait`);
+  });
+
   it('a hand-over not answered while the Lease names another holder is not asked again: the agent drains alone', async () => {
     coordinator = new FakeCoordinator();
     coordinator.post = () => 'hang';
@@ -264,6 +308,7 @@ describe('handing a drain to the coordinator', () => {
         secret: SECRET,
         peer: 'hlv-follower',
         stillCoordinating: () => true,
+        renewing: () => false,
         successor: electedAfter(50, asked),
         alone: async () => assert.fail('drained alone'),
         logger: silentLogger(),

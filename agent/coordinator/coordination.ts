@@ -111,6 +111,11 @@ export class Coordination {
     return holder !== undefined && holder !== coordinator.identity;
   }
 
+  /** True while the Lease, as last read, names `coordinator` and has not expired by this agent's clock: it renews it. */
+  renewing(coordinator: Coordinator): boolean {
+    return this.elector.leader()?.identity === coordinator.identity;
+  }
+
   /**
    * Another coordinator than `after`, as soon as the Lease names one, within `waitMs`; meanwhile the Lease
    * is read every second rather than at a follower's pace. Undefined when none is elected in time.

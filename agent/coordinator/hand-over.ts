@@ -5,7 +5,9 @@
  *
  * Never worse than draining alone: the agent drains by itself when the coordinator does not answer
  * within 2 s (asked once more, for up to 8 s, while the Lease says it still coordinates: busy serving a
- * wave, it accepts every hand-over, only late), stops answering (two polls in a row), ends the drain
+ * wave, it accepts every hand-over, only late), stops answering (two polls in a row; a status read
+ * that only timed out while the coordinator still renews the Lease is read again, with up to 8 s for
+ * the answer, for as long as a successor would be waited for), ends the drain
  * without getting the node out while time is left, has not deregistered anything in time, or steps
  * down before it has. A coordinator that
  * is gone (it stopped answering, refused the connection, or stepped down) is first given a successor's
@@ -30,7 +32,8 @@ export interface HandOverTiming {
    * A hand-over not answered within answerMs is asked once more, with this long for the answer (and at
    * most a third of the time left), while the Lease still names the coordinator: in a wave of 300 on a
    * busy coordinator, every hand-over was accepted, a third of them after 2 s (bench/RESULTS.md), and
-   * each follower that gave up at 2 s drained alone against the account's buckets the wave needs.
+   * each follower that gave up at 2 s drained alone against the account's buckets the wave needs. A
+   * status read that timed out is read again with this long, while the coordinator renews the Lease.
    */
   readonly slowAnswerMs: number;
   /** Between two reads of the coordinator's status of the drain. */
@@ -60,6 +63,11 @@ export interface HandOverOptions {
   readonly peer: string;
   /** False once the Lease names another holder than `coordinator`, or none. */
   readonly stillCoordinating: (coordinator: Coordinator) => boolean;
+  /**
+   * True while the Lease, as last read, names `coordinator` and has not expired: it renews the Lease, so
+   * it is alive, however late it answers.
+   */
+  readonly renewing: (coordinator: Coordinator) => boolean;
   /** Another coordinator than `after` once the Lease names one, within `waitMs`; undefined when none does (or without coordination). */
   readonly successor?: (after: Coordinator, waitMs: number, signal: AbortSignal) => Promise<Coordinator | undefined>;
   /** Draining alone, when the coordinator cannot serve. */
@@ -122,16 +130,15 @@ export async function stillKeptOutBy(coordinator: Coordinator, instanceId: strin
 }
 
 export function handOverTo(options: HandOverOptions): DrainRunner {
-  const { coordinator, secret, peer, stillCoordinating, alone, observer, timing = HAND_OVER_TIMING } = options;
-  const ask = (method: 'GET' | 'POST' | 'DELETE', path: string, payload?: unknown): Promise<DrainStatus> =>
-    askCoordinator(coordinator, { secret, peer, answerMs: timing.answerMs }, method, path, payload);
-
+  const { coordinator, secret, peer, stillCoordinating, renewing, alone, observer, timing = HAND_OVER_TIMING } = options;
   return async (instance, drainOptions, status, signal) => {
     const started = Date.now();
     const log = options.logger.child({ instanceId: instance.id, coordinator: coordinator.identity, endpoint: coordinator.endpoint });
     const handOver: HandOverStatus = { coordinator: coordinator.identity, outcome: 'following', ...(status.handOver?.previous ? { previous: status.handOver.previous } : {}) };
     status.handOver = handOver;
     const timeLeftMs = () => Date.parse(status.deadline) - Date.now();
+    /** How long a coordinator that is busy, not gone, may take to answer: slowAnswerMs, within a third of the time left. */
+    const slowAnswerMs = () => Math.min(timing.slowAnswerMs, Math.max(0, timeLeftMs()) / 3);
 
     const drainAlone = async (why: string): Promise<void> => {
       handOver.outcome = 'drained-alone';
@@ -179,7 +186,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
     let remote: DrainStatus;
     try {
       remote = await askToServe(timing.answerMs).catch(async (error: unknown) => {
-        const slowMs = Math.min(timing.slowAnswerMs, Math.max(0, timeLeftMs()) / 3);
+        const slowMs = slowAnswerMs();
         if (!isTimeout(error) || !stillCoordinating(coordinator) || slowMs <= timing.answerMs || signal.aborted) throw error;
         log.warn({ answerMs: timing.answerMs, slowAnswerMs: Math.round(slowMs) }, 'the coordinator did not accept the hand-over in time but still holds the Lease: asking once more');
         return askToServe(slowMs).catch((again: unknown) => {
@@ -195,6 +202,8 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
 
     const progressBy = started + Math.min(timing.progressWaitMs, Math.max(0, timeLeftMs()) / 3);
     let failedPolls = 0;
+    let answeredAt = Date.now();
+    let pollAnswerMs = timing.answerMs;
     for (;;) {
       status.loadBalancers = remote.loadBalancers;
       const progressed = isFinished(remote) || remote.loadBalancers.some((lb) => lb.deregisteredAt !== undefined);
@@ -226,9 +235,21 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       await sleep(timing.pollMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted) continue;
       try {
-        remote = await ask('GET', `/drain/${instance.id}`);
+        remote = await askCoordinator(coordinator, { secret, peer, answerMs: pollAnswerMs }, 'GET', `/drain/${instance.id}`);
         failedPolls = 0;
+        answeredAt = Date.now();
+        pollAnswerMs = timing.answerMs;
       } catch (error) {
+        // Late, not gone: it still renews the Lease (a wave keeps it busy). Waiting for it is what waiting
+        // for a successor would cost, with the drain still batched; a 300-node wave had a follower wait
+        // 30 s for a successor of a coordinator that was serving all along, then drain alone.
+        const patienceMs = Math.min(timing.successorWaitMs, Math.max(0, timeLeftMs()) / 3);
+        const slowMs = slowAnswerMs();
+        if (isTimeout(error) && renewing(coordinator) && Date.now() - answeredAt < patienceMs && slowMs > timing.answerMs) {
+          if (pollAnswerMs === timing.answerMs) log.warn({ answerMs: pollAnswerMs, slowAnswerMs: Math.round(slowMs) }, 'the coordinator did not answer a status read in time but still renews the Lease: reading again, with longer to answer');
+          pollAnswerMs = slowMs;
+          continue;
+        }
         if (++failedPolls >= timing.failedPolls) return toSuccessorOrAlone(`the coordinator stopped answering: ${errorMessage(error)}`);
       }
     }
