@@ -9,10 +9,10 @@
  * deadline itself, and every call it makes carries an abort signal, so no retry runs past the deadline.
  *
  * Every client is loaded on first use, with its SDK module (`<service>-sdk.ts`, each a chunk of its own in
- * the build): an agent waiting for a notice calls AWS not at all, and pays nothing for the SDK's modules
- * (the EC2 client with the SDK's core, once loaded, about 1 MiB of resident memory: bench/RESULTS.md,
- * table 3). Modules that send commands take them from the same module (`sdk` below) when they first send
- * one, by which time it is loaded.
+ * the build): a follower waiting for a notice with CLUSTERNAME set calls AWS not at all, and pays nothing
+ * for the SDK's modules (the SDK's core with the EC2 client, once loaded, costs it about 3 MiB of resident
+ * memory on Node 22: bench/RESULTS.md, table 3). Modules that send commands take them from the same
+ * module (`sdk` below) when they first send one, by which time it is loaded.
  */
 import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
 import type { EC2Client } from '@aws-sdk/client-ec2';

@@ -19,10 +19,10 @@ const sharing = new WeakMap<AgentProcess, number>();
  * SDK reads (AWS_ENDPOINT_URL). Each returned agent's stderr holds its own log lines only (and whatever
  * the process itself printed); its `child` is the shared process.
  */
-export function spawnHostedAgents(envs: readonly Record<string, string>[]): AgentProcess[] {
+export function spawnHostedAgents(envs: readonly Record<string, string>[], node = process.execPath): AgentProcess[] {
   const shared = Object.fromEntries(Object.entries(envs[0] ?? {}).filter(([key, value]) => envs.every((env) => env[key] === value)));
   const own = envs.map((env) => Object.fromEntries(Object.entries(env).filter(([key]) => !(key in shared))));
-  const child = spawn(process.execPath, ['--import', 'tsx', HOST], { env: cleanEnv({ ...shared, HOSTED_AGENTS: JSON.stringify(own) }), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(node, ['--import', 'tsx', HOST], { env: cleanEnv({ ...shared, HOSTED_AGENTS: JSON.stringify(own) }), stdio: ['ignore', 'pipe', 'pipe'] });
   const stderr = envs.map(() => '');
   let stdout = '';
   let partial = '';

@@ -97,11 +97,14 @@ export async function launchCluster(
     standbys = 0,
     env = {},
     agentsPerProcess = 1,
+    node = process.execPath,
   }: {
     size: number;
     coordinated: boolean;
     standbys?: number;
     env?: Record<string, string>;
+    /** The runtime every agent runs on (benchmarks compare Node versions); this process's by default. */
+    node?: string;
     /** The dying nodes' agents, this many to a process (bench/lib/agent-host.ts); the coordinator and standbys each run alone. */
     agentsPerProcess?: number;
   },
@@ -128,7 +131,7 @@ export async function launchCluster(
     ...(kube ? { KUBECONFIG: kubeconfig!, NODE_NAME: names[i]!.node, POD_NAME: names[i]!.pod, POD_NAMESPACE: NAMESPACE, HOST_IP: '127.0.0.1' } : {}),
     ...env,
   });
-  const spawn = (i: number) => (all[i] = spawnAgent(ports[i]!, envOf(i)));
+  const spawn = (i: number) => (all[i] = spawnAgent(ports[i]!, envOf(i), node));
   const stop = async () => {
     await Promise.all(all.filter(Boolean).map(stopAgent));
     await Promise.all(imdses.map((imds) => imds.close()));
@@ -146,7 +149,7 @@ export async function launchCluster(
     // coordinator, the others run at a lower priority so that it is not starved by a hundred of them.
     const groups = chunks([...Array(size).keys()], agentsPerProcess);
     await pool(groups, 6, async (group) => {
-      const agents = agentsPerProcess === 1 ? [spawnAgent(ports[group[0]!]!, envOf(group[0]!))] : spawnHostedAgents(group.map(envOf));
+      const agents = agentsPerProcess === 1 ? [spawnAgent(ports[group[0]!]!, envOf(group[0]!), node)] : spawnHostedAgents(group.map(envOf), node);
       for (const [j, agent] of agents.entries()) all[group[j]!] = agent;
       if (coordinated) setPriority(agents[0]!.child.pid!, 10);
       for (const agent of agents) await waitReady(agent, 60_000);
