@@ -230,7 +230,7 @@ describe('Dockerfile: the build stage, replayed', () => {
     }
   });
 
-  it('leaves the AWS SDK and the YAML parser out of main.js, which every agent loads at start (chunks, loaded on first use)', () => {
+  it('leaves the AWS SDK and the YAML parser out of main.js, which every agent loads at start (chunks, loaded on first use), and the parts of prom-client it never uses out of the build', () => {
     const main = readFileSync(join(src, 'dist', 'main.js'), 'utf8');
     const chunks = join(src, 'dist', 'chunks');
     const inChunks = readdirSync(chunks)
@@ -245,6 +245,9 @@ describe('Dockerfile: the build stage, replayed', () => {
       assert.ok(inChunks.includes(marker), `${what} is not in any chunk: is the marker "${marker}" still right?`);
       assert.ok(!main.includes(marker), `main.js carries ${what}: something imports it statically`);
     }
+    // prom-client without the parts the agent never uses (the build's prom-client-parts plugin).
+    assert.match(main, /collectDefaultMetrics/);
+    for (const unused of ['Pushgateway', 'AggregatorRegistry']) assert.ok(!main.includes(unused), `main.js carries prom-client's ${unused}`);
   });
 
   it('also starts as a bare copy of dist/ without a package.json (module syntax detection)', () => {
