@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
+import { isoTimestamp } from './utc-time.ts';
 
 export type { Logger };
 
@@ -14,7 +15,8 @@ export function createLogger(level: LogLevel, destination: NodeJS.WritableStream
     {
       level,
       base: { app: 'hasta-la-vista' },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      // pino's isoTime, without toISOString (utc-time.ts says why).
+      timestamp: () => `,"time":"${isoTimestamp(Date.now())}"`,
       formatters: { level: (label) => ({ level: label }) },
       redact: { paths: ['secret', '*.secret', 'config.secret', 'headers.authorization', 'req.headers.authorization'], censor: '[redacted]' },
     },

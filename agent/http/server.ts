@@ -21,6 +21,7 @@ import { bearerOf, offeredSecret } from './auth.ts';
 import { GuessLimiter } from './guess-limiter.ts';
 import { whyPodRefused } from './pod-permissions.ts';
 import { describeCaller, looksLikeToken, TokenRefusedError, TokenReviewsBusyError, TokenReviewUnavailableError, type PodCaller, type PodTokens } from './pod-tokens.ts';
+import { httpDate } from '../utc-time.ts';
 
 export interface DrainRequest {
   /** Undefined: this node. */
@@ -172,6 +173,9 @@ export function createApiServer(options: ApiServerOptions): Server {
     },
     (req, res) => {
       const started = Date.now();
+      // Node's own Date header would format it with toUTCString (utc-time.ts says why not).
+      res.sendDate = false;
+      res.setHeader('date', httpDate(started));
       // Read now: once a client has hung up, its socket no longer knows its address.
       const client = req.socket.remoteAddress ?? 'unknown';
       const path = loggablePath(req.url);
