@@ -10,7 +10,7 @@
  *
  * Every client is loaded on first use, with its SDK module (`<service>-sdk.ts`, each a chunk of its own in
  * the build): a follower waiting for a notice with CLUSTERNAME set calls AWS not at all, and pays nothing
- * for the SDK's modules (the SDK's core with the EC2 client, once loaded, costs it about 3 MiB of resident
+ * for the SDK's modules (the SDK's core with the EC2 client, once loaded, costs it about 4 MiB of resident
  * memory on Node 22: bench/RESULTS.md, table 3). Modules that send commands take them from the same
  * module (`sdk` below) when they first send one, by which time it is loaded.
  */
