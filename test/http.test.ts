@@ -276,12 +276,14 @@ function assertShape(answer: RawAnswer, shape: BodyShape): void {
 }
 
 test('answers carry the Date header HTTP requires, in its IMF-fixdate form', async () => {
-  const before = Date.now();
-  const answer = await send('GET', '/healthz', { secret: false });
-  const date = header(answer, 'date') ?? '(none)';
-  assert.match(date, /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$/);
-  // The second of the answer (the header has no milliseconds).
-  assert.ok(Date.parse(date) >= Math.floor(before / 1000) * 1000 && Date.parse(date) <= Date.now(), `${date} is not now`);
+  for (const path of ['/healthz', '/metrics']) {
+    const before = Date.now();
+    const answer = await send('GET', path, { secret: false });
+    const date = header(answer, 'date') ?? '(none)';
+    assert.match(date, /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$/, path);
+    // The second of the answer (the header has no milliseconds).
+    assert.ok(Date.parse(date) >= Math.floor(before / 1000) * 1000 && Date.parse(date) <= Date.now(), `${path}: ${date} is not now`);
+  }
 });
 
 describe('parameters', () => {

@@ -173,7 +173,8 @@ export function createApiServer(options: ApiServerOptions): Server {
     },
     (req, res) => {
       const started = Date.now();
-      // Node's own Date header would format it with toUTCString (utc-time.ts says why not).
+      // Node's own Date header would format it with toUTCString (utc-time.ts says why not). The time the
+      // request arrived: a wait=true answer's may be up to its timeout older than the answer.
       res.sendDate = false;
       res.setHeader('date', httpDate(started));
       // Read now: once a client has hung up, its socket no longer knows its address.
