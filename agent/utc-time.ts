@@ -8,21 +8,20 @@
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
-const two = (n: number): string => String(n).padStart(2, '0');
+const pad = (n: number, width = 2): string => String(n).padStart(width, '0');
 
 /** `2026-12-07T23:16:49.012Z`, as toISOString writes it (years 0 to 9999). */
 export function isoTimestamp(epochMs: number): string {
   const d = new Date(epochMs);
-  const date = `${String(d.getUTCFullYear()).padStart(4, '0')}-${two(d.getUTCMonth() + 1)}-${two(d.getUTCDate())}`;
-  return `${date}T${clock(d)}.${String(d.getUTCMilliseconds()).padStart(3, '0')}Z`;
+  return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}T${clock(d)}.${pad(d.getUTCMilliseconds(), 3)}Z`;
 }
 
 /** `Mon, 07 Dec 2026 23:16:49 GMT`, the HTTP date (RFC 9110's IMF-fixdate), as toUTCString writes it. */
 export function httpDate(epochMs: number): string {
   const d = new Date(epochMs);
-  return `${DAYS[d.getUTCDay()]}, ${two(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${String(d.getUTCFullYear()).padStart(4, '0')} ${clock(d)} GMT`;
+  return `${DAYS[d.getUTCDay()]}, ${pad(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${pad(d.getUTCFullYear(), 4)} ${clock(d)} GMT`;
 }
 
 function clock(d: Date): string {
-  return `${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())}`;
+  return `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
 }

@@ -38,26 +38,19 @@ function kubeconfig(cluster: Record<string, unknown>, user: Record<string, unkno
   };
 }
 
-/** Awaits the promise and returns the KubeConfigError it rejects with. */
-async function configError(promise: Promise<unknown>): Promise<KubeConfigError> {
+/** Awaits the promise and returns the error it rejects with, which must be a `type`. */
+async function rejection<E extends Error>(promise: Promise<unknown>, type: abstract new (...args: never[]) => E): Promise<E> {
   try {
     await promise;
   } catch (err) {
-    assert.ok(err instanceof KubeConfigError, `expected KubeConfigError, got ${String(err)}`);
+    assert.ok(err instanceof type, `expected ${type.name}, got ${String(err)}`);
     return err;
   }
-  assert.fail('expected a KubeConfigError');
+  assert.fail(`expected a ${type.name}`);
 }
 
-async function apiError(promise: Promise<unknown>): Promise<KubeApiError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof KubeApiError, `expected KubeApiError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail('expected a KubeApiError');
-}
+const configError = (promise: Promise<unknown>): Promise<KubeConfigError> => rejection(promise, KubeConfigError);
+const apiError = (promise: Promise<unknown>): Promise<KubeApiError> => rejection(promise, KubeApiError);
 
 describe('loadKubeAccess', () => {
   it('is undefined outside a cluster without KUBECONFIG', async () => {

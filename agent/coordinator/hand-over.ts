@@ -137,8 +137,8 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
     const handOver: HandOverStatus = { coordinator: coordinator.identity, outcome: 'following', ...(status.handOver?.previous ? { previous: status.handOver.previous } : {}) };
     status.handOver = handOver;
     const timeLeftMs = () => Date.parse(status.deadline) - Date.now();
-    /** How long a coordinator that is busy, not gone, may take to answer: slowAnswerMs, within a third of the time left. */
-    const slowAnswerMs = () => Math.min(timing.slowAnswerMs, Math.max(0, timeLeftMs()) / 3);
+    /** `ms`, or a third of the time left if less: every wait on the coordinator leaves two thirds for draining alone. */
+    const withinThirdLeft = (ms: number) => Math.min(ms, Math.max(0, timeLeftMs()) / 3);
 
     const drainAlone = async (why: string): Promise<void> => {
       handOver.outcome = 'drained-alone';
@@ -152,7 +152,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
 
     /** The coordinator is gone: hand the drain to its successor if one is elected in time, else drain alone. */
     const toSuccessorOrAlone = async (why: string): Promise<void> => {
-      const waitMs = Math.min(timing.successorWaitMs, Math.max(0, timeLeftMs()) / 3);
+      const waitMs = withinThirdLeft(timing.successorWaitMs);
       if (!options.successor || signal.aborted) return drainAlone(why);
       log.warn({ why, waitMs }, 'the coordinator is gone: waiting for the next one');
       const next = await options.successor(coordinator, waitMs, signal);
@@ -186,7 +186,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
     let remote: DrainStatus;
     try {
       remote = await askToServe(timing.answerMs).catch(async (error: unknown) => {
-        const slowMs = slowAnswerMs();
+        const slowMs = withinThirdLeft(timing.slowAnswerMs);
         if (!isTimeout(error) || !stillCoordinating(coordinator) || slowMs <= timing.answerMs || signal.aborted) throw error;
         log.warn({ answerMs: timing.answerMs, slowAnswerMs: Math.round(slowMs) }, 'the coordinator did not accept the hand-over in time but still holds the Lease: asking once more');
         return askToServe(slowMs).catch((again: unknown) => {
@@ -200,7 +200,7 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
       return GONE_CODES.has(errorCode(error) ?? '') ? toSuccessorOrAlone(why) : drainAlone(why);
     }
 
-    const progressBy = started + Math.min(timing.progressWaitMs, Math.max(0, timeLeftMs()) / 3);
+    const progressBy = started + withinThirdLeft(timing.progressWaitMs);
     let failedPolls = 0;
     let answeredAt = Date.now();
     let pollAnswerMs = timing.answerMs;
@@ -243,8 +243,8 @@ export function handOverTo(options: HandOverOptions): DrainRunner {
         // Late, not gone: it still renews the Lease (a wave keeps it busy). Waiting for it is what waiting
         // for a successor would cost, with the drain still batched; a 300-node wave had a follower wait
         // 30 s for a successor of a coordinator that was serving all along, then drain alone.
-        const patienceMs = Math.min(timing.successorWaitMs, Math.max(0, timeLeftMs()) / 3);
-        const slowMs = slowAnswerMs();
+        const patienceMs = withinThirdLeft(timing.successorWaitMs);
+        const slowMs = withinThirdLeft(timing.slowAnswerMs);
         if (isTimeout(error) && renewing(coordinator) && Date.now() - answeredAt < patienceMs && slowMs > timing.answerMs) {
           if (pollAnswerMs === timing.answerMs) log.warn({ answerMs: pollAnswerMs, slowAnswerMs: Math.round(slowMs) }, 'the coordinator did not answer a status read in time but still renews the Lease: reading again, with longer to answer');
           pollAnswerMs = slowMs;

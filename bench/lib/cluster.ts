@@ -24,8 +24,8 @@ export interface PlanWorld {
 
 /**
  * Runs each plan in turn, each with as many of its nodes as this machine's free memory holds at
- * `agentMiB` per agent, or HOSTED_AGENT_MIB for a plan that hosts several agents to a process (keeping 1.5 GiB for moto, the fakes and the benchmark): `skipped` says which
- * plans were measured smaller, and why.
+ * `agentMiB` per agent, or HOSTED_AGENT_MIB for a plan that hosts several agents to a process (keeping
+ * 1.5 GiB for moto, the fakes and the benchmark): `skipped` says which plans were measured smaller, and why.
  */
 export async function runPlans<P extends { readonly nodes: number; readonly label: string; readonly agentsPerProcess?: number }, R>(
   plans: readonly P[],
@@ -149,7 +149,7 @@ export async function launchCluster(
     // coordinator, the others run at a lower priority so that it is not starved by a hundred of them.
     const groups = chunks([...Array(size).keys()], agentsPerProcess);
     await pool(groups, 6, async (group) => {
-      const agents = agentsPerProcess === 1 ? [spawnAgent(ports[group[0]!]!, envOf(group[0]!), node)] : spawnHostedAgents(group.map(envOf), node);
+      const agents = agentsPerProcess === 1 ? [spawn(group[0]!)] : spawnHostedAgents(group.map(envOf), node);
       for (const [j, agent] of agents.entries()) all[group[j]!] = agent;
       if (coordinated) setPriority(agents[0]!.child.pid!, 10);
       for (const agent of agents) await waitReady(agent, 60_000);
